@@ -154,7 +154,7 @@ def assert_compiles_for_sm90(launch: Callable[[], object]) -> None:
     assert result.returncode == 0, f"sm_90 compilation failed:\n{result.stderr[-4000:]}"
 
 
-HOST_SYNC_OPS = ("_local_scalar_dense", "nonzero", "multinomial", "unique", "masked_select", "item")
+HOST_SYNC_OPS = ("_local_scalar_dense", "nonzero", "multinomial", "unique", "masked_select", "aten.item")
 
 
 def traced_aten_graph(fn: Callable, *args) -> torch.fx.GraphModule:

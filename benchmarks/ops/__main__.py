@@ -1,0 +1,84 @@
+"""Time every op's lowering against its eager reference (and extra baselines) on the GPU.
+
+    python -m benchmarks.ops [--ops topk_expand,tree_attention] [--out benchmarks/results]
+
+Each case is checked for agreement before it is timed. Rows go to ``<out>/ops.csv`` (appended) and a Markdown
+table to ``<out>/ops.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.harness import read_bandwidth_gbps, stamp, time_ms, write_csv
+
+OPS = ("topk_expand", "build_tree", "tree_mask", "tree_attention", "posterior_greedy", "posterior_sample", "kv_copy_")
+
+
+def run(ops: list[str], out: Path) -> list[dict]:
+    stamped = stamp()
+    bandwidth = read_bandwidth_gbps()
+    print(f"{stamped['device']}: measured read bandwidth {bandwidth:.0f} GB/s", flush=True)
+    rows = []
+    for op in ops:
+        module = importlib.import_module(f"benchmarks.ops.{op}")
+        for case in module.cases("cuda"):
+            case.check()
+            floor_ms = case.bytes_min / (bandwidth * 1e9) * 1e3
+            for method, fn in case.candidates.items():
+                p20, median, p80 = time_ms(fn)
+                row = {
+                    "op": case.op,
+                    "case": case.label,
+                    "method": method,
+                    "median_ms": round(median, 4),
+                    "p20_ms": round(p20, 4),
+                    "p80_ms": round(p80, 4),
+                    "floor_ms": round(floor_ms, 4),
+                    "x_floor": round(median / floor_ms, 2),
+                    "read_gbps": round(bandwidth),
+                } | stamped
+                rows.append(row)
+                print(f"{case.op:18s} {case.label:34s} {method:10s} {median:9.4f} ms  {median / floor_ms:7.2f}x floor")
+            torch.cuda.empty_cache()
+    write_csv(out / "ops.csv", rows)
+    (out / "ops.md").write_text(markdown_table(rows))
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per case: the median of every method, the speedup of triton over reference, the floor."""
+    cases: dict[tuple[str, str], dict[str, dict]] = {}
+    for row in rows:
+        cases.setdefault((row["op"], row["case"]), {})[row["method"]] = row
+    methods = sorted({row["method"] for row in rows}, key=lambda m: (m != "reference", m != "triton", m))
+    header = ["op", "case", *[f"{m} ms" for m in methods], "triton speedup", "floor ms", "triton / floor"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (op, label), by_method in cases.items():
+        triton, reference = by_method.get("triton"), by_method.get("reference")
+        speedup = f"{reference['median_ms'] / triton['median_ms']:.1f}x" if triton and reference else ""
+        any_row = next(iter(by_method.values()))
+        cells = [op, label]
+        cells += [f"{by_method[m]['median_ms']:.4f}" if m in by_method else "" for m in methods]
+        cells += [speedup, f"{any_row['floor_ms']:.4f}", f"{triton['x_floor']:.2f}x" if triton else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ops", default=",".join(OPS), help="comma-separated op names")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.ops needs a CUDA device")
+    run(args.ops.split(","), args.out)
+
+
+if __name__ == "__main__":
+    main()
