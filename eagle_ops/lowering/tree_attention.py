@@ -1,0 +1,325 @@
+"""Triton lowering of tree_attention: flash attention over the cache's visible slots, split over keys.
+
+A program owns one (sequence, kv head) group: the G = Hq/Hkv query heads that share the kv head times the Tq
+queries, ``G*Tq`` rows that lie contiguously in ``q`` (a block of them when there are many), so each K/V tile is
+read once for all of them. It walks one slice of the readable keys ``[0, min(prefix + Tk, S))`` with an online
+softmax. When ``B*Hkv`` programs cannot fill the GPU, the keys are split across programs (flash-decoding): each
+writes its unnormalised partial (row max, row sum, accumulator) to a workspace and a second kernel combines them.
+The split count comes from the shapes only (no host sync); the slices are cut from the actual readable length
+inside the kernel, so all splits of a sequence do equal work whatever ``cache_len`` is.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+_SM_COUNT_OFF_GPU = 132  # an H100/H200, so that interpreter runs pick the splits the GPU would pick
+# Two pipeline stages of K and V tiles of at most 16 KiB keep a program near 96 KiB of shared memory, so two
+# programs fit on one SM; the keys are split until every SM has those two.
+_NUM_STAGES = 2
+_TILE_BYTES = 16 * 1024
+_PROGRAMS_PER_SM = 2
+_COMBINE_ROWS = 16
+# The Triton interpreter does not do bfloat16 arithmetic as the GPU does (triton-lang/triton#11584: "we just don't
+# support it yet"): tl.dot multiplies the bit patterns and float32 -> bfloat16 casts truncate. Under it, bfloat16
+# kernels emulate the GPU: dot operands are widened to the float32 values they hold (exact) and downcasts round
+# to nearest even by hand, so CPU tests see the GPU's rounding.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@dataclass(frozen=True)
+class _LaunchConfig:
+    block_m: int
+    block_n: int
+    block_d: int
+    num_splits: int
+    num_warps: int
+
+
+@functools.lru_cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _SM_COUNT_OFF_GPU
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch_config(
+    groups: int, rows_per_group: int, capacity: int, head_dim: int, element_size: int, device: torch.device
+) -> _LaunchConfig:
+    # tl.dot needs every block dim >= 16: short rows (Tq*G < 16) are padded, odd head sizes masked.
+    block_m = min(max(triton.next_power_of_2(rows_per_group), 16), 64)
+    block_d = max(triton.next_power_of_2(head_dim), 16)
+    widest = max(_TILE_BYTES // (block_d * element_size), 16)
+    block_n = min(max(triton.next_power_of_2(capacity), 16), widest, 64)
+    # Whole waves only: one program too many would run alone in a second wave and double the time.
+    programs = triton.cdiv(rows_per_group, block_m) * groups
+    fitting = _PROGRAMS_PER_SM * _sm_count(device) // programs
+    num_splits = max(1, min(fitting, triton.cdiv(capacity, block_n)))
+    num_warps = 8 if block_m * block_d > 64 * 128 else 4
+    return _LaunchConfig(block_m, block_n, block_d, num_splits, num_warps)
+
+
+@triton.jit
+def _dot_operand(x, EMULATE_BF16: tl.constexpr):
+    if EMULATE_BF16:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _rounded(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """``x.to(dtype)``, rounding to nearest even like the GPU's conversion."""
+    if EMULATE_BF16:
+        bits = x.to(tl.int32, bitcast=True)
+        x = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _softmax_shift(row_max):
+    # A row that has seen no visible key keeps max -inf: shifting by 0 then makes exp2(-inf) = 0, not NaN.
+    return tl.where(row_max == float("-inf"), 0.0, row_max)
+
+
+@triton.jit
+def _attend_key_block(
+    acc,
+    row_max,
+    row_sum,
+    q,
+    k_head_ptr,
+    v_head_ptr,
+    mask_row_ptrs,
+    row_ok,
+    start,
+    split_end,
+    prefix_len,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    MASKED: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """One online-softmax step over keys ``[start, start + BLOCK_N)``; unmasked blocks lie wholly in the prefix."""
+    keys = start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    kv_offsets = keys.to(tl.int64)[:, None] * HEAD_DIM + dims[None, :]
+    key_ok = keys < split_end
+    # A mask that varies along the contiguous head dim stops the loads from being pipelined (cp.async): mask
+    # dims only for head sizes that are not a power of two.
+    kv_mask = key_ok[:, None]
+    if HEAD_DIM != BLOCK_D:
+        kv_mask = kv_mask & (dims < HEAD_DIM)[None, :]
+    k = _dot_operand(tl.load(k_head_ptr + kv_offsets, mask=kv_mask, other=0.0), EMULATE_BF16)
+    scores = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+    if MASKED:
+        in_prefix = key_ok & (keys < prefix_len)
+        in_tree = key_ok & (keys >= prefix_len)
+        tree_slots = keys - prefix_len
+        in_mask = tl.load(mask_row_ptrs + tree_slots[None, :], mask=row_ok[:, None] & in_tree[None, :], other=0)
+        scores = tl.where(in_prefix[None, :] | (in_mask != 0), scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, 1))
+    shift = _softmax_shift(new_max)
+    probs = tl.exp2(scores - shift[:, None])
+    rescale = tl.exp2(row_max - shift)
+    v = tl.load(v_head_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    weights = _dot_operand(_rounded(probs, v.dtype, EMULATE_BF16), EMULATE_BF16)
+    acc = tl.dot(weights, _dot_operand(v, EMULATE_BF16), acc * rescale[:, None], input_precision="ieee")
+    return acc, new_max, row_sum * rescale + tl.sum(probs, 1)
+
+
+@triton.jit
+def tree_attention_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    cache_len_ptr,
+    tree_mask_ptr,
+    out_ptr,
+    partial_acc_ptr,
+    partial_max_ptr,
+    partial_sum_ptr,
+    qk_scale,
+    kv_heads,
+    rows_per_group,
+    queries,
+    tree_len,
+    capacity,
+    total_rows,
+    HEAD_DIM: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    row_block = tl.program_id(0)
+    group = tl.program_id(1).to(tl.int64)  # batch * kv_heads + kv head
+    split = tl.program_id(2)
+    batch = group // kv_heads
+
+    # Rows of a group: its G query heads x Tq queries, head-major, contiguous in q and out.
+    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < rows_per_group
+    dims = tl.arange(0, BLOCK_D)
+    row_dim_mask = row_ok[:, None] & (dims < HEAD_DIM)[None, :]
+    global_rows = group * rows_per_group + rows
+    q_ptrs = q_ptr + global_rows[:, None] * HEAD_DIM + dims[None, :]
+    q = _dot_operand(tl.load(q_ptrs, mask=row_dim_mask, other=0.0), EMULATE_BF16)
+
+    prefix_len = tl.minimum(tl.maximum(tl.load(cache_len_ptr + batch), 0), capacity).to(tl.int32)
+    key_end = tl.minimum(prefix_len + tree_len, capacity)
+    chunk = tl.cdiv(tl.cdiv(key_end, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    split_start = tl.minimum(split * chunk, key_end)
+    split_end = tl.minimum(split_start + chunk, key_end)
+    # Blocks wholly inside the prefix need no mask: the tree's slots and the split's ragged end come after them.
+    prefix_span = tl.maximum(tl.minimum(prefix_len, split_end) - split_start, 0)
+    prefix_blocks_end = split_start + prefix_span // BLOCK_N * BLOCK_N
+
+    k_head_ptr = k_cache_ptr + group * capacity * HEAD_DIM
+    v_head_ptr = v_cache_ptr + group * capacity * HEAD_DIM
+    mask_row_ptrs = tree_mask_ptr + ((batch * queries + rows % queries) * tree_len)[:, None]
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for start in range(split_start, prefix_blocks_end, BLOCK_N):
+        acc, row_max, row_sum = _attend_key_block(
+            acc, row_max, row_sum, q, k_head_ptr, v_head_ptr, mask_row_ptrs, row_ok, start, split_end, prefix_len,
+            qk_scale, HEAD_DIM=HEAD_DIM, MASKED=False, EMULATE_BF16=EMULATE_BF16, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+        )  # fmt: skip
+    for start in range(prefix_blocks_end, split_end, BLOCK_N):
+        acc, row_max, row_sum = _attend_key_block(
+            acc, row_max, row_sum, q, k_head_ptr, v_head_ptr, mask_row_ptrs, row_ok, start, split_end, prefix_len,
+            qk_scale, HEAD_DIM=HEAD_DIM, MASKED=True, EMULATE_BF16=EMULATE_BF16, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+        )  # fmt: skip
+
+    if NUM_SPLITS == 1:
+        # A row that sees no key has sum 0 and acc 0: dividing by 1 instead outputs the defined zeros.
+        out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
+        out_ptrs = out_ptr + global_rows[:, None] * HEAD_DIM + dims[None, :]
+        tl.store(out_ptrs, _rounded(out, out_ptr.dtype.element_ty, EMULATE_BF16), mask=row_dim_mask)
+    else:
+        partial_rows = split.to(tl.int64) * total_rows + global_rows
+        tl.store(partial_acc_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_dim_mask)
+        tl.store(partial_max_ptr + partial_rows, row_max, mask=row_ok)
+        tl.store(partial_sum_ptr + partial_rows, row_sum, mask=row_ok)
+
+
+@triton.jit
+def tree_attention_kernel_combine(
+    partial_acc_ptr,
+    partial_max_ptr,
+    partial_sum_ptr,
+    out_ptr,
+    total_rows,
+    HEAD_DIM: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < total_rows
+    dims = tl.arange(0, BLOCK_D)
+    row_dim_mask = row_ok[:, None] & (dims < HEAD_DIM)[None, :]
+
+    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    row_max = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    partial_rows = rows
+    for _ in range(NUM_SPLITS):
+        split_max = tl.load(partial_max_ptr + partial_rows, mask=row_ok, other=float("-inf"))
+        split_sum = tl.load(partial_sum_ptr + partial_rows, mask=row_ok, other=0.0)
+        split_acc = tl.load(
+            partial_acc_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :], mask=row_dim_mask, other=0.0
+        )
+        new_max = tl.maximum(row_max, split_max)
+        shift = _softmax_shift(new_max)
+        old_weight = tl.exp2(row_max - shift)
+        split_weight = tl.exp2(split_max - shift)
+        acc = acc * old_weight[:, None] + split_acc * split_weight[:, None]
+        row_sum = row_sum * old_weight + split_sum * split_weight
+        row_max = new_max
+        partial_rows += total_rows
+
+    out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
+    out_ptrs = out_ptr + rows[:, None] * HEAD_DIM + dims[None, :]
+    tl.store(out_ptrs, _rounded(out, out_ptr.dtype.element_ty, EMULATE_BF16), mask=row_dim_mask)
+
+
+def tree_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_len: torch.Tensor,
+    tree_mask: torch.Tensor,
+    scale: float,
+    out: tuple[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Launch tree_attention on validated, contiguous inputs; ``out`` optionally holds the preallocated output."""
+    batch, q_heads, queries, head_dim = q.shape
+    kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]
+    tree_len = tree_mask.shape[2]
+    rows_per_group = q_heads // kv_heads * queries
+    total_rows = batch * q_heads * queries
+    (output,) = out if out is not None else (torch.empty(q.shape, dtype=q.dtype, device=q.device),)
+    emulate_bf16 = _INTERPRETED and q.dtype == torch.bfloat16
+    config = _launch_config(batch * kv_heads, rows_per_group, capacity, head_dim, q.element_size(), q.device)
+
+    partial_acc = partial_max = partial_sum = None
+    if config.num_splits > 1:
+        partial_acc = torch.empty((config.num_splits, total_rows, head_dim), dtype=torch.float32, device=q.device)
+        partial_max = torch.empty((config.num_splits, total_rows), dtype=torch.float32, device=q.device)
+        partial_sum = torch.empty_like(partial_max)
+
+    grid = (triton.cdiv(rows_per_group, config.block_m), batch * kv_heads, config.num_splits)
+    tree_attention_kernel[grid](
+        q_ptr=q,
+        k_cache_ptr=k_cache,
+        v_cache_ptr=v_cache,
+        cache_len_ptr=cache_len,
+        tree_mask_ptr=tree_mask,
+        out_ptr=output,
+        partial_acc_ptr=partial_acc,
+        partial_max_ptr=partial_max,
+        partial_sum_ptr=partial_sum,
+        qk_scale=scale * math.log2(math.e),
+        kv_heads=kv_heads,
+        rows_per_group=rows_per_group,
+        queries=queries,
+        tree_len=tree_len,
+        capacity=capacity,
+        total_rows=total_rows,
+        HEAD_DIM=head_dim,
+        NUM_SPLITS=config.num_splits,
+        EMULATE_BF16=emulate_bf16,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_D=config.block_d,
+        num_warps=config.num_warps,
+        num_stages=_NUM_STAGES,
+    )
+    if config.num_splits > 1:
+        tree_attention_kernel_combine[(triton.cdiv(total_rows, _COMBINE_ROWS),)](
+            partial_acc_ptr=partial_acc,
+            partial_max_ptr=partial_max,
+            partial_sum_ptr=partial_sum,
+            out_ptr=output,
+            total_rows=total_rows,
+            HEAD_DIM=head_dim,
+            NUM_SPLITS=config.num_splits,
+            EMULATE_BF16=emulate_bf16,
+            BLOCK_R=_COMBINE_ROWS,
+            BLOCK_D=config.block_d,
+            num_warps=4,
+        )
+    return output
