@@ -76,3 +76,10 @@ class Signature:
         if value < 1 or (at_most is not None and value > at_most):
             bound = f" and at most {at_most}" if at_most is not None else ""
             raise self.error(f"`{name}` must be at least 1{bound}, got {value}")
+
+    def non_negative(self, name: str, value: object) -> None:
+        """Check an int argument is >= 0."""
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"eagle_ops.{self.op}: `{name}` must be an int, got {type(value).__name__}")
+        if value < 0:
+            raise self.error(f"`{name}` must be at least 0, got {value}")
