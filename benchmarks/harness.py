@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import os
 import platform
 import subprocess
 from collections.abc import Callable
@@ -35,7 +36,9 @@ def stamp() -> dict[str, str]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
-        commit = "unknown"
+        commit = ""
+    # The device machine gets a copy of the work tree without .git: its runs pass the commit in.
+    commit = commit or os.environ.get("EAGLE_OPS_COMMIT", "unknown")
     import transformers
     import triton
 
@@ -44,7 +47,7 @@ def stamp() -> dict[str, str]:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "transformers": transformers.__version__,
-        "commit": commit or "unknown",
+        "commit": commit,
         "date": datetime.date.today().isoformat(),
     }
 
@@ -64,6 +67,31 @@ def time_ms(fn: Callable[[], object], *, warmup: int = 10, repeats: int = 50) ->
         times.append(start.elapsed_time(end))
     times.sort()
     return times[len(times) // 5], times[len(times) // 2], times[(4 * len(times)) // 5]
+
+
+def time_graph_ms(fn: Callable[[], object], *, calls: int = 20, repeats: int = 20) -> tuple[float, float, float]:
+    """(p20, median, p80) device milliseconds per call of ``fn``, replayed ``calls`` times from one CUDA graph.
+
+    This is what a call costs inside the captured step: no Python, no dispatch, no launch gaps. Returns NaNs when
+    ``fn`` cannot be captured (it syncs with the host or allocates in a way capture forbids).
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except RuntimeError:
+        torch.cuda.synchronize()
+        nan = float("nan")
+        return nan, nan, nan
+    p20, median, p80 = time_ms(graph.replay, warmup=3, repeats=repeats)
+    return p20 / calls, median / calls, p80 / calls
 
 
 def read_bandwidth_gbps(gib: float = 1.0) -> float:

@@ -1,0 +1,122 @@
+"""The ``eagle-ops`` command: ``eagle-ops demo`` runs EAGLE on the embedded default model.
+
+The demo loads the small Python-code model shipped inside the package (no network), continues a few held-out
+prompts with speculative decoding while streaming the text, then decodes the same prompts with the target alone
+on the same cache, and prints the mean accepted length, both speeds, the speedup and whether the outputs match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = Path(__file__).parent / "default"
+
+
+def parse_tree(text: str):
+    """``K,D,T`` (top-k, depth, tree size) for a dynamic tree, or ``static`` for the EAGLE-1 default tree."""
+    from model.config import DynamicTree, StaticTree
+
+    if text == "static":
+        return StaticTree([[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    try:
+        top_k, depth, size = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tree takes K,D,T (e.g. 10,7,60) or 'static', got {text!r}") from None
+    return DynamicTree(top_k=top_k, depth=depth, tree_size=size)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer, TextStreamer
+    from transformers.utils import logging as hf_logging
+
+    from model.eagle_model import EagleModel
+
+    hf_logging.set_verbosity_error()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    print(f"loading the embedded model ({args.head} head) on {device}...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL / "target")
+    model = EagleModel.from_pretrained(
+        DEFAULT_MODEL / "target",
+        DEFAULT_MODEL / args.head,
+        tree=args.tree,
+        max_batch_size=1,
+        max_seq_len=1024,
+        dtype=dtype,
+        device=device,
+    )
+    prompts = json.loads((DEFAULT_MODEL / "prompts.json").read_text())[: args.prompts]
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "eos_token_id": tokenizer.eos_token_id,
+        "seed": args.seed,
+    }
+    # One short warm-up run each, so that one-time costs (allocator, kernel caches) stay out of the timings.
+    warm = tokenizer(prompts[0]["text"])["input_ids"]
+    model.eagenerate([warm], **(options | {"max_new_tokens": 8}))
+    model.generate_target_only([warm], **(options | {"max_new_tokens": 8}))
+
+    eagle_tokens = eagle_time = target_tokens = target_time = steps = accepted = 0
+    all_match = True
+    for i, prompt in enumerate(prompts, 1):
+        ids = tokenizer(prompt["text"])["input_ids"]
+        print(f"\n=== prompt {i}/{len(prompts)}: held-out module {prompt['module']} ({len(ids)} tokens) ===")
+        print(prompt["text"][-200:], end="")
+        print("\033[1m" if sys.stdout.isatty() else "", end="", flush=True)
+        eagle = model.eagenerate([ids], streamer=TextStreamer(tokenizer, skip_prompt=True), **options)
+        print("\033[0m" if sys.stdout.isatty() else "", end="")
+        target = model.generate_target_only([ids], **options)
+        same = eagle.tokens == target.tokens
+        all_match &= same
+        print(
+            f"--- EAGLE: {eagle.new_tokens} tokens in {eagle.steps} steps, mean accepted length "
+            f"{eagle.mean_accepted:.2f}, {eagle.tokens_per_second:.1f} tokens/s; target alone: "
+            f"{target.tokens_per_second:.1f} tokens/s; outputs {'identical' if same else 'DIFFER'}",
+            flush=True,
+        )
+        eagle_tokens += eagle.new_tokens - 1
+        eagle_time += eagle.decode_seconds
+        target_tokens += target.new_tokens - 1
+        target_time += target.decode_seconds
+        steps += eagle.steps
+        accepted += eagle.mean_accepted * eagle.steps
+    eagle_speed, target_speed = eagle_tokens / eagle_time, target_tokens / target_time
+    print(
+        f"\n=== summary over {len(prompts)} prompts on {device}: mean accepted length {accepted / max(steps, 1):.2f} "
+        f"tokens per step; EAGLE {eagle_speed:.1f} tokens/s, target alone {target_speed:.1f} tokens/s, "
+        f"speedup {eagle_speed / target_speed:.2f}x"
+    )
+    if args.temperature == 0:
+        print("greedy outputs identical to the target's own: " + ("yes" if all_match else "NO"))
+        return 0 if all_match else 1
+    print("sampling: EAGLE's output follows the target's distribution; the texts themselves differ by design")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="eagle-ops", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_demo = commands.add_parser("demo", help="speculative decoding on the embedded default model")
+    run_demo.add_argument("--head", choices=("eagle3", "eagle1"), default="eagle3")
+    run_demo.add_argument("--tree", type=parse_tree, default="8,5,48", help="K,D,T for a dynamic tree, or 'static'")
+    run_demo.add_argument("--prompts", type=int, default=3, help="how many held-out prompts (at most 16)")
+    run_demo.add_argument("--max-new-tokens", type=int, default=96)
+    run_demo.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    run_demo.add_argument("--top-k", type=int, default=0)
+    run_demo.add_argument("--top-p", type=float, default=1.0)
+    run_demo.add_argument("--seed", type=int, default=0)
+    run_demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = parser.parse_args(argv)
+    return demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
