@@ -31,6 +31,7 @@ def measure(head: str, tree: DynamicTree, prompts: list[list[int]], max_new_toke
         DEFAULT_MODEL / "target", DEFAULT_MODEL / head, tree=tree, max_seq_len=1024, dtype=dtype, device=device
     )
     steps = accepted = 0
+    eagle_seconds = target_seconds = eagle_tokens = target_tokens = 0.0
     histogram = [0] * (tree.max_depth + 2)
     mismatches = []
     for i, prompt in enumerate(prompts):
@@ -39,6 +40,8 @@ def measure(head: str, tree: DynamicTree, prompts: list[list[int]], max_new_toke
         if eagle.tokens != target.tokens:
             mismatches.append(i)
         steps += eagle.steps
+        eagle_seconds, eagle_tokens = eagle_seconds + eagle.decode_seconds, eagle_tokens + eagle.new_tokens - 1
+        target_seconds, target_tokens = target_seconds + target.decode_seconds, target_tokens + target.new_tokens - 1
         accepted += eagle.mean_accepted * eagle.steps
         histogram = [a + b for a, b in zip(histogram, eagle.accept_histogram, strict=True)]
     return {
@@ -49,6 +52,8 @@ def measure(head: str, tree: DynamicTree, prompts: list[list[int]], max_new_toke
         "dtype": str(dtype).removeprefix("torch."),
         "tau": round(accepted / max(steps, 1), 3),
         "histogram": " ".join(map(str, histogram)),
+        "eager_eagle_tok_s": round(eagle_tokens / eagle_seconds, 1),
+        "eager_target_tok_s": round(target_tokens / target_seconds, 1),
         "lossless": not mismatches,
         "mismatched_prompts": " ".join(map(str, mismatches)),
     }
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
             row = measure(head, tree, prompts, args.max_new_tokens, args.device) | stamp()
             rows.append(row)
             print(
-                f"{head} {row['tree']}: tau {row['tau']:.2f}, histogram {row['histogram']}, "
+                f"{head} {row['tree']}: tau {row['tau']:.2f}, histogram {row['histogram']}, eager decode "
+                f"{row['eager_eagle_tok_s']} tok/s vs target alone {row['eager_target_tok_s']} tok/s, "
                 f"lossless {row['lossless']} {row['mismatched_prompts']}",
                 flush=True,
             )
