@@ -30,6 +30,14 @@ def parse_tree(text: str):
     return DynamicTree(top_k=top_k, depth=depth, tree_size=size)
 
 
+def describe(tree) -> str:
+    from model.config import DynamicTree
+
+    if isinstance(tree, DynamicTree):
+        return f"top-k {tree.top_k}, depth {tree.depth}, {tree.tree_size} nodes"
+    return f"static, {tree.tree_size} nodes"
+
+
 def demo(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer, TextStreamer
     from transformers.utils import logging as hf_logging
@@ -38,19 +46,25 @@ def demo(args: argparse.Namespace) -> int:
 
     hf_logging.set_verbosity_error()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    print(f"loading the embedded model ({args.head} head) on {device}...", flush=True)
+    on_gpu = device.startswith("cuda")
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    # A CPU verifies a tree at the cost of its size in tokens, a GPU almost for free: small trees on the CPU.
+    tree = args.tree or parse_tree("10,7,60" if on_gpu else "4,4,16")
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL / "target")
+    prompts = json.loads((DEFAULT_MODEL / "prompts.json").read_text())[: args.prompts]
+    encoded = [tokenizer(p["text"])["input_ids"] for p in prompts]
+    # The reference attention on the CPU reads the whole static cache: size it to the longest request.
+    max_seq_len = max(map(len, encoded)) + args.max_new_tokens + 2 * tree.tree_size
+    print(f"loading the embedded model ({args.head} head, tree {describe(tree)}) on {device}...", flush=True)
     model = EagleModel.from_pretrained(
         DEFAULT_MODEL / "target",
         DEFAULT_MODEL / args.head,
-        tree=args.tree,
+        tree=tree,
         max_batch_size=1,
-        max_seq_len=1024,
+        max_seq_len=max_seq_len,
         dtype=dtype,
         device=device,
     )
-    prompts = json.loads((DEFAULT_MODEL / "prompts.json").read_text())[: args.prompts]
     options = {
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -60,14 +74,13 @@ def demo(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     # One short warm-up run each, so that one-time costs (allocator, kernel caches) stay out of the timings.
-    warm = tokenizer(prompts[0]["text"])["input_ids"]
+    warm = encoded[0]
     model.eagenerate([warm], **(options | {"max_new_tokens": 8}))
     model.generate_target_only([warm], **(options | {"max_new_tokens": 8}))
 
     eagle_tokens = eagle_time = target_tokens = target_time = steps = accepted = 0
     all_match = True
-    for i, prompt in enumerate(prompts, 1):
-        ids = tokenizer(prompt["text"])["input_ids"]
+    for i, (prompt, ids) in enumerate(zip(prompts, encoded, strict=True), 1):
         print(f"\n=== prompt {i}/{len(prompts)}: held-out module {prompt['module']} ({len(ids)} tokens) ===")
         print(prompt["text"][-200:], end="")
         print("\033[1m" if sys.stdout.isatty() else "", end="", flush=True)
@@ -106,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="speculative decoding on the embedded default model")
     run_demo.add_argument("--head", choices=("eagle3", "eagle1"), default="eagle3")
-    run_demo.add_argument("--tree", type=parse_tree, default="8,5,48", help="K,D,T for a dynamic tree, or 'static'")
+    run_demo.add_argument(
+        "--tree",
+        type=parse_tree,
+        default=None,
+        help="K,D,T for a dynamic tree, or 'static' (default: 4,4,16 on the CPU, 10,7,60 on a GPU)",
+    )
     run_demo.add_argument("--prompts", type=int, default=3, help="how many held-out prompts (at most 16)")
     run_demo.add_argument("--max-new-tokens", type=int, default=96)
     run_demo.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
