@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--heads", default="eagle3,eagle1", help="comma-separated: eagle3, eagle1")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     texts = json.loads((DEFAULT_MODEL / "prompts.json").read_text())
     prompts = [tokenizer(p["text"])["input_ids"] for p in texts]
     rows = []
-    for head in ("eagle3", "eagle1"):
+    for head in args.heads.split(","):
         for tree in TREES:
             row = measure(head, tree, prompts, args.max_new_tokens, args.device) | stamp()
             rows.append(row)

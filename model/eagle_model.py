@@ -15,6 +15,7 @@ from model.cache import KVCache
 from model.checkpoint import check_fits_target, load_head, read_head_config
 from model.config import DynamicTree, StaticTree, Tree
 from model.generate import GenerationResult, Prompts, run
+from model.graph import compile_step
 from model.heads import EagleHead, eagle3_feature_layers
 from model.step import Drafter, stop_tokens
 from model.target import Target, check_target_config, read_target_config
@@ -142,6 +143,13 @@ class EagleModel(nn.Module):
         return cls(
             target, head, tree, max_batch_size=max_batch_size, max_seq_len=max_seq_len, dtype=dtype, device=device
         )
+
+    def compile(self, *, mode: str = "default", capture: bool | None = None) -> None:
+        """Compile ``eagenerate_step`` whole (``torch.compile(fullgraph=True)``) and, on CUDA, replay it from one
+        CUDA graph (``model/graph.py``); ``eagenerate`` then runs it. Compilation and capture happen in the first
+        steps of the next run, and again for each new batch size or switch between greedy and sampling.
+        ``del model.eagenerate_step`` undoes it."""
+        self.eagenerate_step = compile_step(self, mode=mode, capture=capture)
 
     @property
     def device(self) -> torch.device:
