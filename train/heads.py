@@ -58,7 +58,7 @@ class HeadArgs:
     kind: str = "eagle3"
     ttt_steps: int = 7
     step_weight: float = 0.8
-    draft_vocab_size: int = 2048
+    draft_vocab_size: int = 3584
     intermediate_size: int | None = None
     feature_noise: float = 0.0
     feature_loss_weight: float = 1.0
