@@ -7,4 +7,4 @@ shift
 export PYTHONUNBUFFERED=1 HYPOTHESIS_PROFILE=gpu
 python -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__, torch.cuda.get_device_name())"
 timeout 300 python -m pytest -q -p no:cacheprovider "${@:-tests/ops}" 2>&1 | tee "$out/gpu_tests.log" | tail -n 30
-timeout 240 python -m benchmarks.ops --out "$out" --ops "${OPS:-topk_expand,build_tree,tree_mask,tree_attention,posterior_greedy,kv_copy_}" 2>&1 | tee "$out/bench.log"
+timeout 400 python -m benchmarks.ops --out "$out" ${OPS:+--ops "$OPS"} 2>&1 | tee "$out/bench.log"
