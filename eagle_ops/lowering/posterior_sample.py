@@ -1,11 +1,16 @@
 """Triton lowering of `posterior_sample`.
 
 Two launches. The first has one program per ``(sequence, node)`` row and, in passes over the row's logits, finds
-all that the walk may need from it: the largest score, the top-k threshold and the top-p boundary (exact
-radix-16 searches over the scores' order keys, 8 passes each, so no sort), the kept mass, and the bonus token the
-row gives if the walk stops there, with its children rejected and without. The second has one program per
-sequence: it walks the tree with one coin per depth, computing each offered child's probability from its
-parent's row statistics, and picks the bonus of the row it stops at.
+all that the walk may need from it: the largest score, the top-k and top-p boundaries, the kept mass, and the
+bonus token the row gives if the walk stops there, with its children rejected and without. The second has one
+program per sequence: it walks the tree with one coin per depth, computing each offered child's probability from
+its parent's row statistics, and picks the bonus of the row it stops at.
+
+The top-k boundary is an exact radix select over the scores' order keys (four 8-bit digits, a histogram per pass).
+When top-k (or a small vocabulary) leaves at most ``_MAX_CANDIDATES`` survivors, they are gathered in one more
+pass and everything else, top-p included, is computed on them sorted in registers: six passes in all. Otherwise
+top-p searches its boundary in radix-16 passes weighted by probability, and two passes compute the kept mass and
+the bonus draws, each touching a block's tokens one by one only in the blocks holding a child or a draw.
 """
 
 from __future__ import annotations
@@ -19,12 +24,19 @@ from eagle_ops.lowering.posterior_greedy import check_outputs, new_outputs, stor
 # Float comparisons appear only as `tl.where` conditions: the Triton interpreter (CPU tests) gives them float data,
 # which its `&` and `|` reject.
 
-# Lanes of one pass over a row: 4 per thread with 8 warps; a search round's [block, radix] tile is 64 per thread.
-_MAX_BLOCK_V = 1024
+# Lanes of a streaming pass (16 per thread with 8 warps: enough bytes in flight for one program per row).
+_MAX_BLOCK_V = 4096
+# Lanes of a top-p search round, whose [block, radix] tile is 64 per thread.
+_MAX_SEARCH_BLOCK_V = 1024
+# Top-k survivors handled by sorting in registers.
+_MAX_CANDIDATES = 1024
 _RADIX = 16
 # Every fp32 order key lies in [_order_key(-inf), _order_key(+inf)], fewer than 2**32 = _RADIX ** _ROUNDS keys.
 _ROUNDS = 8
 _NEG_INF_KEY = tl.constexpr(-2139095041)  # _order_key(-inf): the smallest key of any score
+_SIGN_BIT = tl.constexpr(-2147483648)
+_LOW_32_BITS = tl.constexpr(4294967295)
+_NO_TOKEN = tl.constexpr(2147483647)
 
 
 @triton.jit
@@ -41,6 +53,12 @@ def _order_key(scores):
     """An int64 ordered like the (NaN-free) fp32 scores; -0.0 and +0.0 share one key."""
     bits = tl.where(scores == 0.0, 0.0, scores).to(tl.int32, bitcast=True)
     return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
+
+
+@triton.jit
+def _score_of_key(key):
+    """The fp32 score whose :func:`_order_key` is ``key`` (int32)."""
+    return tl.where(key >= 0, key, key ^ 0x7FFFFFFF).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -68,30 +86,69 @@ def _row_max(row_ptr, vocab, temperature, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _top_k_key(
-    row_ptr, vocab, temperature, top_k, top_key, BLOCK_V: tl.constexpr, RADIX: tl.constexpr, ROUNDS: tl.constexpr
-):
+def _top_k_key(row_ptr, vocab, temperature, top_k, BLOCK_V: tl.constexpr):
     """The order key of the k-th largest score, or -inf's key when top-k keeps every token.
 
-    A search for the largest key with at least k scores at or above it; each round counts the scores above RADIX
-    evenly spaced keys of the remaining range and keeps the sub-range between the last one that has enough and
-    the next."""
+    Radix select from the most significant of four 8-bit digits of the keys (as unsigned, sign bit flipped): each
+    pass takes the histogram of the next digit among the keys that share the digits chosen so far, and keeps the
+    largest digit at or above which at least the still-needed number of keys lie."""
+    active = (top_k > 0) & (top_k < vocab)
     lanes = tl.arange(0, BLOCK_V)
-    digits = tl.arange(0, RADIX).to(tl.int64)
-    low = tl.full([], _NEG_INF_KEY, tl.int64)
-    high = top_key
-    for _ in range(tl.where((top_k > 0) & (top_k < vocab), ROUNDS, 0)):
-        step = (high - low) // RADIX + 1
-        thresholds = low + digits * step
-        at_or_above = tl.zeros([RADIX], dtype=tl.int64)
-        for start in range(0, vocab, BLOCK_V):
+    bins = tl.arange(0, 256)
+    prefix = tl.zeros([], dtype=tl.uint32)
+    needed = top_k.to(tl.int32)
+    for digit_index in tl.static_range(4):
+        shift = 24 - 8 * digit_index
+        counts = tl.zeros([256], dtype=tl.int32)
+        for start in range(0, tl.where(active, vocab, 0), BLOCK_V):
             token = start + lanes
-            key = _order_key(_scores(row_ptr, token, token < vocab, temperature))
-            counted = (key[:, None] >= thresholds[None, :]) & (token < vocab)[:, None]
-            at_or_above += tl.sum(counted.to(tl.int64), 0)
-        low += tl.max(tl.where(at_or_above >= top_k, digits, 0), 0) * step
-        high = tl.minimum(low + step - 1, high)
-    return low
+            valid = token < vocab
+            key = _order_key(_scores(row_ptr, token, valid, temperature)).to(tl.int32) ^ _SIGN_BIT
+            key = key.to(tl.uint32, bitcast=True)
+            # The first digit has no prefix (and a shift by 32 bits would be undefined).
+            same_prefix = valid if digit_index == 0 else valid & ((key >> (shift + 8)) == (prefix >> (shift + 8)))
+            counts += tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=same_prefix)
+        at_or_above = tl.sum(counts, 0) - tl.cumsum(counts, 0) + counts
+        digit = tl.max(tl.where(at_or_above >= needed, bins, 0), 0)
+        needed -= tl.sum(tl.where(bins > digit, counts, 0), 0)
+        prefix = prefix | (digit.to(tl.uint32) << shift)
+    key = prefix.to(tl.int32, bitcast=True) ^ _SIGN_BIT
+    return tl.where(active, key.to(tl.int64), _NEG_INF_KEY)
+
+
+@triton.jit
+def _gather_survivors(
+    row_ptr, vocab, temperature, kth_key, candidates_ptr, CANDIDATES: tl.constexpr, BLOCK_V: tl.constexpr
+):
+    """Store ``(key << 32) + token`` of the first CANDIDATES tokens scoring at least ``kth_key``; return how many
+    there are in all."""
+    lanes = tl.arange(0, BLOCK_V)
+    count = tl.zeros([], dtype=tl.int32)
+    for start in range(0, vocab, BLOCK_V):
+        token = start + lanes
+        valid = token < vocab
+        key = _order_key(_scores(row_ptr, token, valid, temperature))
+        survives = valid & (key >= kth_key)
+        slot = count + tl.cumsum(survives.to(tl.int32), 0) - 1
+        tl.store(candidates_ptr + slot, (key << 32) + token, mask=survives & (slot < CANDIDATES))
+        count += tl.sum(survives.to(tl.int32), 0)
+    return count
+
+
+@triton.jit
+def _is_child_token(token, tokens_ptr, parent_ptr, base, node, size):
+    """Whether each of ``token`` is the token of a child of ``node`` (a draft this row's walk may reject)."""
+    rejected = token < 0
+    for child in range(node + 1, size):
+        is_child = tl.load(parent_ptr + base + child) == node
+        rejected = rejected | (is_child & (token == tl.load(tokens_ptr + base + child)))
+    return rejected
+
+
+@triton.jit
+def _first_above(weights, token, carry, target, vocab):
+    """The first token whose running sum ``carry + cumsum(weights)`` passes ``target``, else ``vocab``."""
+    return tl.min(tl.where(carry + tl.cumsum(weights, 0) > target, token, vocab), 0)
 
 
 @triton.jit
@@ -186,13 +243,177 @@ def _top_p_boundary(
 
 
 @triton.jit
-def _is_rejected(token, child_tokens, start, BLOCK_V: tl.constexpr):
-    """Whether each token of a block is one of ``child_tokens``; only blocks that hold a child compare all pairs."""
+def _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V: tl.constexpr):
+    """:func:`_is_child_token` for a block of tokens from ``start``, tested only when a child falls in the block."""
     if tl.sum(((child_tokens >= start) & (child_tokens < start + BLOCK_V)).to(tl.int32), 0) > 0:
-        rejected = tl.max((token[:, None] == child_tokens[None, :]).to(tl.int32), 1) > 0
+        rejected = _is_child_token(token, tokens_ptr, parent_ptr, base, node, size)
     else:
         rejected = token < 0
     return rejected
+
+
+@triton.jit
+def _store_row(stats, row, top, kth_key, nucleus_key, nucleus_cut, kept_sum, bonus_rejected, bonus_untested):
+    row_max_ptr, kth_key_ptr, nucleus_key_ptr, nucleus_cut_ptr, kept_sum_ptr, row_bonus_ptr = stats
+    tl.store(row_max_ptr + row, top)
+    tl.store(kth_key_ptr + row, kth_key)
+    tl.store(nucleus_key_ptr + row, nucleus_key)
+    tl.store(nucleus_cut_ptr + row, nucleus_cut)
+    tl.store(kept_sum_ptr + row, kept_sum)
+    tl.store(row_bonus_ptr + 2 * row, bonus_rejected.to(tl.int64))
+    tl.store(row_bonus_ptr + 2 * row + 1, bonus_untested.to(tl.int64))
+
+
+@triton.jit
+def _candidate_row(
+    candidates_ptr,
+    count,
+    top,
+    kth_key,
+    top_p,
+    uniform,
+    tokens_ptr,
+    parent_ptr,
+    base,
+    node,
+    size,
+    vocab,
+    stats,
+    row,
+    CANDIDATES: tl.constexpr,
+):
+    """Every statistic of a row from its ``count`` top-k survivors, sorted in registers."""
+    slots = tl.arange(0, CANDIDATES)
+    present = slots < count
+    packed = tl.sort(tl.load(candidates_ptr + slots, mask=present, other=9223372036854775807))
+    key = (packed >> 32).to(tl.int32)
+    token = (packed & _LOW_32_BITS).to(tl.int32)
+    weight = tl.where(present, _weight(_score_of_key(key), top), 0.0)
+
+    # Top-p, in ascending (score, token) order: drop the prefix whose cumulative probability is <= 1 - top_p,
+    # never the last survivor; top_p <= 0 keeps it alone.
+    cumulative = tl.cumsum(tl.math.div_rn(weight, tl.sum(weight, 0)), 0)
+    droppable = present & (slots < count - 1) & (tl.where(top_p < 1.0, 1, 0) != 0)
+    dropped = tl.where(tl.where(top_p <= 0.0, 1.0, cumulative) <= 1.0 - tl.maximum(top_p, 0.0), droppable, False)
+    first_kept = tl.min(tl.where(present & ~dropped, slots, CANDIDATES), 0)
+    searched = tl.where(top_p < 1.0, 1, 0) != 0
+    nucleus_key = tl.where(searched, tl.sum(tl.where(slots == first_kept, key, 0), 0).to(tl.int64), _NEG_INF_KEY)
+    nucleus_cut = tl.where(searched, tl.sum(tl.where(slots == first_kept, token, 0), 0), 0).to(tl.int64)
+    kept = present & (slots >= first_kept)
+    weight = tl.where(kept, weight, 0.0)
+    kept_sum = tl.sum(weight, 0)
+
+    # The bonus draws run in token order: sort again by token, the weight's bits riding in the low half.
+    by_token = tl.where(kept, token, _NO_TOKEN).to(tl.int64) << 32
+    by_token = tl.sort(by_token + weight.to(tl.int32, bitcast=True).to(tl.int64))
+    token = (by_token >> 32).to(tl.int32)
+    weight = (by_token & _LOW_32_BITS).to(tl.int32).to(tl.float32, bitcast=True)
+    residual = tl.where(_is_child_token(token, tokens_ptr, parent_ptr, base, node, size), 0.0, weight)
+    # No mass outside the children happens only through rounding or a coin >= 1: the draw then ignores them.
+    reject = tl.max(tl.where(residual > 0.0, 1, 0), 0) > 0
+    residual = tl.where(reject, residual, weight)
+    residual_first = _first_above(residual, token, 0.0, uniform * tl.sum(residual, 0), vocab)
+    full_first = _first_above(weight, token, 0.0, uniform * kept_sum, vocab)
+    residual_last = tl.max(tl.where(residual > 0.0, token, -1), 0)
+    full_last = tl.max(tl.where(weight > 0.0, token, -1), 0)
+    _store_row(
+        stats,
+        row,
+        top,
+        kth_key,
+        nucleus_key,
+        nucleus_cut,
+        kept_sum,
+        tl.where(residual_first < vocab, residual_first, residual_last),
+        tl.where(full_first < vocab, full_first, full_last),
+    )
+
+
+@triton.jit
+def _streamed_row(
+    row_ptr,
+    top,
+    kth_key,
+    top_p,
+    temperature,
+    uniform,
+    tokens_ptr,
+    parent_ptr,
+    base,
+    node,
+    size,
+    vocab,
+    stats,
+    row,
+    BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    SEARCH_BLOCK_V: tl.constexpr,
+    RADIX: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):
+    """Every statistic of a row in passes over its whole vocabulary."""
+    nucleus_key, nucleus_cut = _top_p_boundary(
+        row_ptr, vocab, temperature, top, kth_key, top_p, SEARCH_BLOCK_V, RADIX, ROUNDS
+    )
+    nodes = tl.arange(0, BLOCK_T)
+    parent = tl.load(parent_ptr + base + nodes, mask=nodes < size, other=-1)
+    child_tokens = tl.load(tokens_ptr + base + nodes, mask=nodes < size, other=-1)
+    child_tokens = tl.where((parent == node) & (node < nodes) & (nodes < size), child_tokens, -1)
+    lanes = tl.arange(0, BLOCK_V)
+
+    kept_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
+    residual_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
+    for start in range(0, vocab, BLOCK_V):
+        token = start + lanes
+        scores = _scores(row_ptr, token, token < vocab, temperature)
+        kept = (token < vocab) & _kept(_order_key(scores), token, kth_key, nucleus_key, nucleus_cut)
+        weight = tl.where(kept, _weight(scores, top), 0.0)
+        kept_sum += weight
+        rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
+        residual_sum += tl.where(rejected, 0.0, weight)
+    kept_sum = tl.sum(kept_sum, 0)
+    residual_sum = tl.sum(residual_sum, 0)
+
+    # Inverse CDF draws by cumulative weight in token order: block sums find the block where each running sum
+    # passes its target, and only that block is scanned token by token. No mass outside the children happens only
+    # through rounding or a coin >= 1: the draw then ignores the rejection.
+    reject = tl.where(residual_sum > 0.0, 1, 0) != 0
+    residual_target = uniform * tl.where(reject, residual_sum, kept_sum)
+    full_target = uniform * kept_sum
+    residual_carry = 0.0
+    full_carry = 0.0
+    residual_first = vocab
+    full_first = vocab
+    residual_last = tl.full([BLOCK_V], -1, tl.int32)
+    full_last = tl.full([BLOCK_V], -1, tl.int32)
+    for start in range(0, vocab, BLOCK_V):
+        token = start + lanes
+        scores = _scores(row_ptr, token, token < vocab, temperature)
+        kept = (token < vocab) & _kept(_order_key(scores), token, kth_key, nucleus_key, nucleus_cut)
+        weight = tl.where(kept, _weight(scores, top), 0.0)
+        rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
+        residual = tl.where(reject & rejected, 0.0, weight)
+        residual_block = tl.sum(residual, 0)
+        full_block = tl.sum(weight, 0)
+        if tl.where(residual_carry + residual_block > residual_target, residual_first == vocab, False):
+            residual_first = _first_above(residual, token, residual_carry, residual_target, vocab)
+        if tl.where(full_carry + full_block > full_target, full_first == vocab, False):
+            full_first = _first_above(weight, token, full_carry, full_target, vocab)
+        residual_carry += residual_block
+        full_carry += full_block
+        residual_last = tl.maximum(residual_last, tl.where(residual > 0.0, token, -1))
+        full_last = tl.maximum(full_last, tl.where(weight > 0.0, token, -1))
+    _store_row(
+        stats,
+        row,
+        top,
+        kth_key,
+        nucleus_key,
+        nucleus_cut,
+        kept_sum,
+        tl.where(residual_first < vocab, residual_first, tl.max(residual_last, 0)),
+        tl.where(full_first < vocab, full_first, tl.max(full_last, 0)),
+    )
 
 
 @triton.jit
@@ -204,6 +425,7 @@ def posterior_sample_kernel_rows(
     top_k_ptr,  # [B] i64
     top_p_ptr,  # [B] f32
     uniforms_ptr,  # [B, P + 1] f32
+    candidates_ptr,  # [B * T, CANDIDATES] i64: (key << 32) + token of the top-k survivors
     row_max_ptr,  # [B * T] f32
     kth_key_ptr,  # [B * T] i64
     nucleus_key_ptr,  # [B * T] i64
@@ -215,76 +437,71 @@ def posterior_sample_kernel_rows(
     path_len,
     BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    SEARCH_BLOCK_V: tl.constexpr,
+    CANDIDATES: tl.constexpr,
     RADIX: tl.constexpr,
     ROUNDS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     seq = row // size
     node = row % size
+    base = seq * size
     row_ptr = logits_ptr + row * vocab
     temperature = tl.load(temperature_ptr + seq)
-    lanes = tl.arange(0, BLOCK_V)
+    top_k = tl.load(top_k_ptr + seq)
+    top_p = tl.load(top_p_ptr + seq)
+    uniform = tl.load(uniforms_ptr + seq * (path_len + 1) + path_len)
+    stats = (row_max_ptr, kth_key_ptr, nucleus_key_ptr, nucleus_cut_ptr, kept_sum_ptr, row_bonus_ptr)
 
     top = _row_max(row_ptr, vocab, temperature, BLOCK_V)
-    kth_key = _top_k_key(row_ptr, vocab, temperature, tl.load(top_k_ptr + seq), _order_key(top), BLOCK_V, RADIX, ROUNDS)
-    nucleus_key, nucleus_cut = _top_p_boundary(
-        row_ptr, vocab, temperature, top, kth_key, tl.load(top_p_ptr + seq), BLOCK_V, RADIX, ROUNDS
-    )
-
-    # The tokens of this node's children: the ones a stop here has rejected.
-    nodes = tl.arange(0, BLOCK_T)
-    parent = tl.load(parent_ptr + seq * size + nodes, mask=nodes < size, other=-1)
-    child_tokens = tl.load(tokens_ptr + seq * size + nodes, mask=nodes < size, other=-1)
-    child_tokens = tl.where((parent == node) & (node < nodes) & (nodes < size), child_tokens, -1)
-
-    kept_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
-    residual_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
-    for start in range(0, vocab, BLOCK_V):
-        token = start + lanes
-        scores = _scores(row_ptr, token, token < vocab, temperature)
-        kept = (token < vocab) & _kept(_order_key(scores), token, kth_key, nucleus_key, nucleus_cut)
-        weight = tl.where(kept, _weight(scores, top), 0.0)
-        kept_sum += weight
-        residual_sum += tl.where(_is_rejected(token, child_tokens, start, BLOCK_V), 0.0, weight)
-    kept_sum = tl.sum(kept_sum, 0)
-    residual_sum = tl.sum(residual_sum, 0)
-
-    # Inverse CDF draws, by cumulative weight in token order. No mass outside the children happens only through
-    # rounding or a coin >= 1: the draw then ignores the rejection.
-    reject = residual_sum > 0.0
-    uniform = tl.load(uniforms_ptr + seq * (path_len + 1) + path_len)
-    residual_target = uniform * tl.where(reject, residual_sum, kept_sum)
-    full_target = uniform * kept_sum
-    residual_carry = 0.0
-    full_carry = 0.0
-    residual_first = vocab
-    full_first = vocab
-    residual_last = -1
-    full_last = -1
-    for start in range(0, vocab, BLOCK_V):
-        token = start + lanes
-        scores = _scores(row_ptr, token, token < vocab, temperature)
-        kept = (token < vocab) & _kept(_order_key(scores), token, kth_key, nucleus_key, nucleus_cut)
-        weight = tl.where(kept, _weight(scores, top), 0.0)
-        residual = tl.where(reject, tl.where(_is_rejected(token, child_tokens, start, BLOCK_V), 0.0, weight), weight)
-        residual_cumulative = residual_carry + tl.cumsum(residual, 0)
-        full_cumulative = full_carry + tl.cumsum(weight, 0)
-        residual_first = tl.minimum(
-            residual_first, tl.min(tl.where(residual_cumulative > residual_target, token, vocab), 0)
+    kth_key = _top_k_key(row_ptr, vocab, temperature, top_k, BLOCK_V)
+    top_k_active = (top_k > 0) & (top_k < vocab)
+    warped = top_k_active | (tl.where(top_p < 1.0, 1, 0) != 0)
+    count = CANDIDATES + 1
+    if warped & (top_k_active | (vocab <= CANDIDATES)):
+        count = _gather_survivors(
+            row_ptr, vocab, temperature, kth_key, candidates_ptr + row * CANDIDATES, CANDIDATES, BLOCK_V
         )
-        full_first = tl.minimum(full_first, tl.min(tl.where(full_cumulative > full_target, token, vocab), 0))
-        residual_last = tl.maximum(residual_last, tl.max(tl.where(residual > 0.0, token, -1), 0))
-        full_last = tl.maximum(full_last, tl.max(tl.where(weight > 0.0, token, -1), 0))
-        residual_carry = tl.max(residual_cumulative, 0)
-        full_carry = tl.max(full_cumulative, 0)
-
-    tl.store(row_max_ptr + row, top)
-    tl.store(kth_key_ptr + row, kth_key)
-    tl.store(nucleus_key_ptr + row, nucleus_key)
-    tl.store(nucleus_cut_ptr + row, nucleus_cut)
-    tl.store(kept_sum_ptr + row, kept_sum)
-    tl.store(row_bonus_ptr + 2 * row, tl.where(residual_first < vocab, residual_first, residual_last).to(tl.int64))
-    tl.store(row_bonus_ptr + 2 * row + 1, tl.where(full_first < vocab, full_first, full_last).to(tl.int64))
+    if count <= CANDIDATES:
+        _candidate_row(
+            candidates_ptr + row * CANDIDATES,
+            count,
+            top,
+            kth_key,
+            top_p,
+            uniform,
+            tokens_ptr,
+            parent_ptr,
+            base,
+            node,
+            size,
+            vocab,
+            stats,
+            row,
+            CANDIDATES,
+        )
+    else:
+        _streamed_row(
+            row_ptr,
+            top,
+            kth_key,
+            top_p,
+            temperature,
+            uniform,
+            tokens_ptr,
+            parent_ptr,
+            base,
+            node,
+            size,
+            vocab,
+            stats,
+            row,
+            BLOCK_V,
+            BLOCK_T,
+            SEARCH_BLOCK_V,
+            RADIX,
+            ROUNDS,
+        )
 
 
 @triton.jit
@@ -390,6 +607,8 @@ def posterior_sample_triton(
         "row_bonus_ptr": tree_tokens.new_empty((rows, 2)),
     }
     block_t = triton.next_power_of_2(size)
+    block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(vocab))
+    candidates = min(_MAX_CANDIDATES, triton.next_power_of_2(vocab))
     posterior_sample_kernel_rows[(rows,)](
         logits_ptr=target_logits,
         tokens_ptr=tree_tokens,
@@ -398,12 +617,15 @@ def posterior_sample_triton(
         top_k_ptr=top_k,
         top_p_ptr=top_p,
         uniforms_ptr=uniforms,
+        candidates_ptr=tree_tokens.new_empty((rows, candidates)),
         **stats,
         size=size,
         vocab=vocab,
         path_len=max_depth + 2,
-        BLOCK_V=min(_MAX_BLOCK_V, triton.next_power_of_2(vocab)),
+        BLOCK_V=block_v,
         BLOCK_T=block_t,
+        SEARCH_BLOCK_V=min(_MAX_SEARCH_BLOCK_V, block_v),
+        CANDIDATES=candidates,
         RADIX=_RADIX,
         ROUNDS=_ROUNDS,
         num_warps=8,
