@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import eagle_ops
@@ -67,7 +68,7 @@ class EagleModel(nn.Module):
         self.target_cache = KVCache(
             config.num_hidden_layers,
             max_batch_size,
-            config.num_key_value_heads,
+            target.kv_heads,
             max_seq_len,
             head_dim,
             dtype=dtype,
@@ -115,10 +116,27 @@ class EagleModel(nn.Module):
         max_seq_len: int = 2048,
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cuda",
+        tp_plan: str | None = None,
     ) -> EagleModel:
         """Load a target folder and an official-format head folder; everything is checked before loading.
 
         ``tree`` defaults to ``DynamicTree()`` (top_k 10, depth 7, 60 nodes, as official EAGLE-2/3).
+
+        Tensor parallel: ``tp_plan="auto"`` shards the target over the processes of an initialised
+        ``torch.distributed`` with the plan ``transformers`` ships for it (``pip install 'eagle-ops[tp]'``); its heads
+        must divide by the world size. Each rank caches its own key/value heads, keeps the whole draft head and its
+        cache, and runs the same tree ops on the same gathered logits, so every rank emits the same tokens
+        (:meth:`check_ranks_agree` verifies it). ``device`` names the device type; each rank runs on the device
+        ``transformers`` binds it to, ``cuda:LOCAL_RANK``. A script ``run.py`` holding ::
+
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+            torch.distributed.init_process_group("nccl")
+            model = EagleModel.from_pretrained(target_path, head_path, tp_plan="auto")
+            result = model.eagenerate(prompts, max_new_tokens=256)
+            model.check_ranks_agree()
+
+        is meant for the GPUs of one host: ``torchrun --nproc_per_node 2 run.py``. Only the CPU version (gloo instead
+        of nccl, ``device="cpu"``) is tested so far, in ``tests/model/test_tensor_parallel.py``; no GPU run yet.
         """
         tree = tree or DynamicTree()
         target_config = read_target_config(target_path)
@@ -138,10 +156,18 @@ class EagleModel(nn.Module):
         feature_layers = (
             eagle3_feature_layers(target_config.num_hidden_layers) if head_config.kind == "eagle3" else None
         )
-        target = Target.from_pretrained(target_path, feature_layers=feature_layers, dtype=dtype, device=device)
-        head = load_head(head_path, target_config=target.config, dtype=dtype, device=device)
+        target = Target.from_pretrained(
+            target_path, feature_layers=feature_layers, dtype=dtype, device=device, tp_plan=tp_plan
+        )
+        head = load_head(head_path, target_config=target.config, dtype=dtype, device=target.device)
         return cls(
-            target, head, tree, max_batch_size=max_batch_size, max_seq_len=max_seq_len, dtype=dtype, device=device
+            target,
+            head,
+            tree,
+            max_batch_size=max_batch_size,
+            max_seq_len=max_seq_len,
+            dtype=dtype,
+            device=target.device,
         )
 
     def compile(self, *, mode: str = "default", capture: bool | None = None) -> None:
@@ -259,6 +285,38 @@ class EagleModel(nn.Module):
         self.tree_tokens[:b, 0] = bonus
         self._stop_if_full(1)
         return out
+
+    def check_ranks_agree(self) -> None:
+        """Raise ``RuntimeError`` unless every tensor-parallel rank holds the same run state: the tokens emitted so
+        far and their counts, the committed lengths, the stop flags and the current draft tree.
+
+        One all-gather and a host sync, so it is not part of the step: call it after :meth:`eagenerate` or any step.
+        """
+        if self.target.tp_size == 1:
+            raise RuntimeError("check_ranks_agree compares tensor-parallel ranks; this model is not sharded")
+        b = self._prefilled_batch()
+        state = {
+            "out_tokens": self.out_tokens[:b],
+            "generated": self.generated[:b],
+            "cache_len": self.cache_len[:b],
+            "done": self.done[:b],
+            "tree_tokens": self.tree_tokens[:b],
+            "tree_parent": self.tree_parent[:b],
+        }
+        local = torch.cat([t.reshape(-1).long() for t in state.values()])
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local)
+        sizes = [t.numel() for t in state.values()]
+        problems = []
+        for rank, other in enumerate(gathered[1:], 1):
+            for (name, t), want, got in zip(state.items(), gathered[0].split(sizes), other.split(sizes), strict=True):
+                want, got = want.view(t.shape), got.view(t.shape)
+                differ = (want != got).nonzero().tolist()
+                if differ:
+                    first = ", ".join(f"{i} {int(want[tuple(i)])} vs {int(got[tuple(i)])}" for i in differ[:3])
+                    problems.append(f"{name}: rank {rank} differs from rank 0 at {len(differ)} elements ({first})")
+        if problems:
+            raise RuntimeError("tensor-parallel ranks disagree: " + "; ".join(problems))
 
     def _prefilled_batch(self) -> int:
         if self.batch == 0:
