@@ -1,21 +1,36 @@
 """End-to-end decoding speed on the embedded model against what users would pick instead, in one run.
 
-    python -m benchmarks.baselines --out DIR [--prompts 8] [--max-new-tokens 128]
+    python -m benchmarks.baselines --out DIR [--batch 1 16] [--prompts 16] [--max-new-tokens 128]
 
-Batch 1, greedy, bf16, the held-out prompts of ``model/default/prompts.json``, EOS ignored so that every method
-produces ``--max-new-tokens`` tokens. Methods: ``transformers`` ``generate`` with its default dynamic cache
+Greedy, bf16, the held-out prompts of ``model/default/prompts.json`` decoded in batches of each ``--batch`` size
+(consecutive prompts, cycling through them when a batch needs more), EOS ignored so that every method produces
+``--max-new-tokens`` tokens per sequence. Methods: ``transformers`` ``generate`` with its default dynamic cache
 (eager), with ``cache_implementation="static"`` (its automatic compile of the forward), with prompt lookup
-(``prompt_lookup_num_tokens=10``), and eagle_ops' EAGLE-3 step eager and compiled + captured
-(``model.compile()``). Each method runs every prompt once to warm up (compilation included there), then once
-timed; tokens/s is new tokens over wall time with the device synchronised. Outputs are compared with the eager
-``generate`` token for token; divergences are counted, not hidden (bf16: a verify forward over a tree and a
-one-token forward round differently, so a near-tied argmax can flip).
+(``prompt_lookup_num_tokens=10``), and eagle_ops' EAGLE-3 step eager and compiled + captured (``model.compile()``).
+At B > 1 ``transformers`` gets left-padded prompts and their attention mask; prompt lookup runs through assisted
+decoding, which ``transformers`` supports at batch 1 only (``_assisted_decoding`` raises "assisted generate is only
+supported for batch_size = 1"), so its row reads "n/a (batch 1 only)" there.
+
+Each method decodes every batch once to warm up (compilation and capture happen there), then once timed; tokens/s
+is new tokens over the wall time of the timed pass with the device synchronised (prefills included). Per method
+and batch size: the speedup over the static cache + compile baseline; the peak device memory of the timed pass
+(``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``: the method's own weights and caches, with
+each method family's model loaded alone); the sequences whose tokens differ from the eager ``generate``'s at the
+same batch size, and the first token index where one does (divergences are counted, not hidden: in bf16 a verify
+forward over a tree, a padded batch and a one-token forward round differently, so a near-tied argmax can flip);
+for the eagle_ops rows tau (tokens per step including the bonus), the acceptance histogram (steps by accepted
+drafts 0 ... D + 1) and the time per decode step.
+
+Writes ``DIR/baselines.csv`` (appended, stamped), ``DIR/baselines.md`` (one table per batch size) and
+``DIR/baselines.png`` (tokens/s by method, one panel per batch size).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,89 +38,210 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import stamp, write_csv
+from benchmarks.plots import bar_chart
 from model.cli import DEFAULT_MODEL, parse_tree
 from model.eagle_model import EagleModel
+from model.generate import GenerationResult
+
+DYNAMIC = "transformers generate, dynamic cache"
+STATIC = "transformers generate, static cache + compile"
+LOOKUP = "transformers prompt lookup (10 tokens)"
+EAGER = "eagle_ops EAGLE-3, eager step"
+CAPTURED = "eagle_ops EAGLE-3, compiled + captured step"
+BATCH_ONE_ONLY = "n/a (batch 1 only)"
+COLUMNS = (
+    "batch", "method", "tokens_per_s", "x_static_compile", "tau", "accept_histogram", "ms_per_step", "peak_mib",
+    "diverging_sequences", "first_divergence", "sequences", "note",
+)  # fmt: skip
+
+# A batch of prompts in, each sequence's new tokens out, with the eagle_ops result (None for transformers).
+Run = Callable[[list[list[int]]], tuple[list[list[int]], GenerationResult | None]]
 
 
-def timed(run: Callable[[list[int]], list[int]], prompts: list[list[int]]) -> tuple[float, list[list[int]]]:
-    """Seconds to decode every prompt once (after a warm-up pass over all of them) and the outputs."""
-    for prompt in prompts:
-        run(prompt)
+def hf_run(hf, new: int, pad: int, **options) -> Run:
+    """``hf.generate`` on left-padded prompts with their attention mask."""
+
+    def run(group: list[list[int]]) -> tuple[list[list[int]], None]:
+        width = max(map(len, group))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in group], device="cuda")
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device="cuda")
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False, **options)
+        return out[:, width:].tolist(), None
+
+    return run
+
+
+def eagle_run(eagle: EagleModel, new: int) -> Run:
+    def run(group: list[list[int]]) -> tuple[list[list[int]], GenerationResult]:
+        result = eagle.eagenerate(group, max_new_tokens=new)
+        return result.tokens, result
+
+    return run
+
+
+def measure(method: str, run: Run, groups: list[list[list[int]]]) -> tuple[dict, list[list[int]]]:
+    """A warm-up pass over every batch, then the timed pass: the method's row and every sequence's tokens."""
+    for group in groups:
+        run(group)
     torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    outputs = [run(prompt) for prompt in prompts]
+    decoded = [run(group) for group in groups]
     torch.cuda.synchronize()
-    return time.perf_counter() - start, outputs
+    seconds = time.perf_counter() - start
+    outputs = [tokens for out, _ in decoded for tokens in out]
+    row = {
+        "method": method,
+        "tokens_per_s": round(sum(map(len, outputs)) / seconds, 1),
+        "peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+    }
+    results = [result for _, result in decoded if result is not None]
+    if results:
+        histogram = [sum(counts) for counts in zip(*(r.accept_histogram for r in results), strict=True)]
+        steps = sum(histogram)  # sequence-steps taken while unfinished; accept length a emits a + 1 tokens
+        row["tau"] = round(sum((a + 1) * n for a, n in enumerate(histogram)) / steps, 3)
+        row["accept_histogram"] = " ".join(map(str, histogram))
+        row["ms_per_step"] = round(sum(r.decode_seconds for r in results) / sum(r.steps for r in results) * 1e3, 3)
+    return row, outputs
 
 
-def main(argv: list[str] | None = None) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+def attempt(method: str, run: Run, groups: list[list[list[int]]]) -> tuple[dict, list[list[int]] | None]:
+    """:func:`measure`, with a method that fails on this stack reported in its row instead of ending the run."""
+    print(f"B={len(groups[0])} {method}...", flush=True)
+    try:
+        row, outputs = measure(method, run, groups)
+    except Exception as error:
+        print(f"  failed: {type(error).__name__}: {str(error)[:300]}", flush=True)
+        return {"method": method, "note": f"failed: {type(error).__name__}"}, None
+    print(f"  {row['tokens_per_s']} tokens/s, peak {row['peak_mib']} MiB", flush=True)
+    return row, outputs
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    args = parser.parse_args(argv)
-    hf_logging.set_verbosity_error()
-    new = args.max_new_tokens
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL / "target")
-    texts = json.loads((DEFAULT_MODEL / "prompts.json").read_text())[: args.prompts]
-    prompts = [tokenizer(p["text"])["input_ids"] for p in texts]
 
+def release() -> None:
+    """Free what a deleted model held (dynamo's compiled code included) before the next one is measured."""
+    gc.collect()
+    torch._dynamo.reset()
+    torch.cuda.empty_cache()
+
+
+def bench_batch(batch: int, prompts: list[list[int]], new: int, pad: int) -> list[dict]:
+    """Every method's row at one batch size."""
+    from transformers import AutoModelForCausalLM
+
+    count = math.ceil(len(prompts) / batch)
+    groups = [[prompts[(g * batch + i) % len(prompts)] for i in range(batch)] for g in range(count)]
+    measured = []
     hf = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL / "target", dtype=torch.bfloat16).cuda().eval()
     hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = tokenizer.pad_token_id or 0
-
-    def hf_run(**options) -> Callable[[list[int]], list[int]]:
-        def run(prompt: list[int]) -> list[int]:
-            ids = torch.tensor([prompt], device="cuda")
-            out = hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, **options)
-            return out[0, len(prompt) :].tolist()
-
-        return run
+    hf.generation_config.pad_token_id = pad
+    measured.append(attempt(DYNAMIC, hf_run(hf, new, pad), groups))
+    measured.append(attempt(STATIC, hf_run(hf, new, pad, cache_implementation="static"), groups))
+    if batch == 1:
+        measured.append(attempt(LOOKUP, hf_run(hf, new, pad, prompt_lookup_num_tokens=10), groups))
+    else:
+        measured.append(({"method": LOOKUP, "note": BATCH_ONE_ONLY}, None))
+    del hf
+    release()
 
     eagle = EagleModel.from_pretrained(
         DEFAULT_MODEL / "target",
         DEFAULT_MODEL / "eagle3",
         tree=parse_tree("10,7,60"),
+        max_batch_size=batch,
         max_seq_len=max(map(len, prompts)) + new + 128,
         dtype=torch.bfloat16,
         device="cuda",
     )
+    measured.append(attempt(EAGER, eagle_run(eagle, new), groups))
+    eagle.compile()
+    measured.append(attempt(CAPTURED, eagle_run(eagle, new), groups))
+    del eagle
+    release()
 
-    def eagle_run(prompt: list[int]) -> list[int]:
-        return eagle.eagenerate([prompt], max_new_tokens=new).tokens[0]
+    reference = next((outputs for _, outputs in measured if outputs is not None), None)
+    static = measured[1][0].get("tokens_per_s")
+    rows = []
+    for row, outputs in measured:
+        if outputs is not None:
+            differ = [first_difference(o, r) for o, r in zip(outputs, reference, strict=True)]
+            differ = [i for i in differ if i is not None]
+            row["diverging_sequences"] = len(differ)
+            row["first_divergence"] = min(differ, default="")
+            row["x_static_compile"] = round(row["tokens_per_s"] / static, 2) if static else ""
+        rows.append(dict.fromkeys(COLUMNS, "") | row | {"batch": batch, "sequences": count * batch})
+    return rows
 
-    methods: list[tuple[str, Callable[[], Callable[[list[int]], list[int]]]]] = [
-        ("transformers generate, dynamic cache", lambda: hf_run()),
-        ("transformers generate, static cache + compile", lambda: hf_run(cache_implementation="static")),
-        ("transformers prompt lookup (10 tokens)", lambda: hf_run(prompt_lookup_num_tokens=10)),
-        ("eagle_ops EAGLE-3, eager step", lambda: eagle_run),
-        ("eagle_ops EAGLE-3, compiled + captured step", lambda: (eagle.compile(), eagle_run)[1]),
-    ]
-    rows, reference = [], None
-    for name, make in methods:
-        print(f"{name}...", flush=True)
-        try:
-            seconds, outputs = timed(make(), prompts)
-        except Exception as error:  # a baseline that fails on this stack is reported, not fatal
-            print(f"  failed: {type(error).__name__}: {str(error)[:300]}", flush=True)
-            rows.append({"method": name, "tokens_per_s": "", "diverging_prompts": "", "error": type(error).__name__})
-            continue
-        reference = reference or outputs
-        diverging = sum(o != r for o, r in zip(outputs, reference, strict=True))
-        tokens = sum(len(o) for o in outputs)
-        rows.append(
-            {"method": name, "tokens_per_s": round(tokens / seconds, 1), "diverging_prompts": diverging, "error": ""}
-        )
-        print(
-            f"  {tokens / seconds:.1f} tokens/s; {diverging} of {len(prompts)} prompts diverge from the first",
-            flush=True,
-        )
+
+def first_difference(tokens: list[int], reference: list[int]) -> int | None:
+    """The first index where ``tokens`` and ``reference`` differ (or where one ends first), None when equal."""
+    if tokens == reference:
+        return None
+    pairs = zip(tokens, reference, strict=False)  # a shorter output differs where it ends
+    return next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(tokens), len(reference)))
+
+
+def markdown(rows: list[dict], new: int) -> str:
+    """One table per batch size."""
+    header = [
+        "method", "tokens/s", "vs static cache + compile", "tau", "acceptance histogram", "ms per step", "peak MiB",
+        "diverging sequences (first index)",
+    ]  # fmt: skip
+    parts = []
+    for batch in dict.fromkeys(row["batch"] for row in rows):
+        lines = [f"B = {batch}, {new} new tokens per sequence:", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in (r for r in rows if r["batch"] == batch):
+            speedup = f"{row['x_static_compile']:.2f}x" if row["x_static_compile"] != "" else ""
+            diverging = ""
+            if row["diverging_sequences"] != "":
+                diverging = f"{row['diverging_sequences']} of {row['sequences']}"
+                diverging += f" ({row['first_divergence']})" if row["diverging_sequences"] else ""
+            cells = [
+                f"`{row['method']}`",
+                str(row["tokens_per_s"]) if row["tokens_per_s"] != "" else row["note"],
+                speedup,
+                str(row["tau"]),
+                row["accept_histogram"],
+                str(row["ms_per_step"]),
+                str(row["peak_mib"]),
+                diverging,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes, one table each")
+    parser.add_argument("--prompts", type=int, default=16, help="how many held-out prompts (at most 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    args = parser.parse_args(argv)
+    hf_logging.set_verbosity_error()
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL / "target")
+    texts = json.loads((DEFAULT_MODEL / "prompts.json").read_text())[: args.prompts]
+    prompts = [tokenizer(p["text"])["input_ids"] for p in texts]
+    pad = tokenizer.pad_token_id or 0
     stamped = stamp()
-    rows = [row | {"prompts": len(prompts), "max_new_tokens": new, "batch": 1} | stamped for row in rows]
-    write_csv(args.out / "baselines.csv", rows)
+    title = f"{stamped['device']}: embedded model, greedy, bf16, {args.max_new_tokens} new tokens per sequence"
+    rows = []
+    for batch in args.batch:  # outputs written after each batch size, so that a timeout keeps the finished ones
+        batch_rows = bench_batch(batch, prompts, args.max_new_tokens, pad)
+        extra = {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens} | stamped
+        write_csv(args.out / "baselines.csv", [row | extra for row in batch_rows])
+        rows += batch_rows
+        table = markdown(rows, args.max_new_tokens)
+        (args.out / "baselines.md").write_text(table)
+        print(table, flush=True)
+        panels = {
+            f"B = {b}": {r["method"]: r["tokens_per_s"] or None for r in rows if r["batch"] == b}
+            for b in dict.fromkeys(r["batch"] for r in rows)
+        }
+        bar_chart(args.out / "baselines.png", panels, xlabel="tokens/s", title=title)
 
 
 if __name__ == "__main__":

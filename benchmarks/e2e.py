@@ -11,14 +11,16 @@ Models, both with an EAGLE-3 head, bf16, greedy, the EAGLE-2/3 tree T = 60, K = 
 Per model and batch, every method starts from the same prefill and is timed with CUDA events over ``STEPS`` steps
 issued back to back (as ``model.generate`` issues them), median of ``REPEATS``:
 - ``eager``: ``eagenerate_step``; ``compiled``: ``CompiledStep.compiled``; ``captured``: ``CompiledStep`` replays;
-- ``forwards``: the step's model forwards alone, compiled and replayed from a CUDA graph the same way: the verify
-  forward over T tokens and its logits, the draft's pass over the D + 2 accepted pairs and the root's logits, D draft
-  levels over K tokens and their logits. ``captured / forwards`` is what the eagle_ops and the glue between the
-  forwards cost (the target: at most 1.05);
+- ``verify`` and ``draft``: the step's model forwards alone, each compiled and replayed from a CUDA graph of its
+  own the same way: the verify forward over T tokens and its logits; the draft's pass over the D + 2 accepted pairs
+  and the root's logits, then D draft levels over K tokens and their logits. ``forwards`` is their sum, and
+  ``captured / forwards`` is what the eagle_ops and the glue between the forwards cost (the target: at most 1.05);
 - ``floor``: the weight bytes a step reads (the target's once, the draft head's once per draft forward: D + 1 of
   them), over the read bandwidth measured in the same run.
 
-Rows are appended to ``DIR/e2e.csv``; ``DIR/e2e.md`` gets one table line per model and batch.
+Rows are appended to ``DIR/e2e.csv``; ``DIR/e2e.md`` gets one table line per model and batch. The captured step by
+phase (verify forward, draft forwards, everything else: the captured step less the two) goes to ``DIR/e2e_phases.md``
+and, as a stacked bar per model and batch, to ``DIR/e2e_phases.png``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.harness import read_bandwidth_gbps, stamp, time_graph_ms, time_ms, write_csv
+from benchmarks.plots import stacked_bar
 from benchmarks.step_check import load_prompts, start
 from model.cache import register_attention
 from model.cli import DEFAULT_MODEL
@@ -130,10 +133,12 @@ def weight_bytes_per_step(model: EagleModel) -> int:
     return target + module_bytes(head.fc) + (model.tree.max_depth + 1) * per_forward
 
 
-def forwards(model: EagleModel) -> Callable[[], list[torch.Tensor]]:
+def forwards(model: EagleModel) -> dict[str, Callable[[], list[torch.Tensor]]]:
     """The model forwards of one step of the current batch, without the eagle_ops between them (the attention op
-    inside the forwards stays). Writes K/V only past ``cache_len``, where the next step writes before it reads.
-    Returns every logits tensor, so that the compiler keeps all of the work."""
+    inside the forwards stays), as two phases: ``verify`` (the target over the tree) and ``draft`` (the draft head's
+    pass over the accepted pairs and its D levels). Writes K/V only past ``cache_len``, where the next step writes
+    before it reads. Each returns every tensor it computes for the rest of the step, so that the compiler keeps all
+    of the work; the draft phase reads target features computed once here, at a fixed address."""
     b, tree, drafter = model.batch, model.tree, model.drafter
     k, depth, width = tree.top_k, tree.depth, tree.max_depth + 2
     if tree.tree_size <= max(k, width):
@@ -144,14 +149,19 @@ def forwards(model: EagleModel) -> Callable[[], list[torch.Tensor]]:
     eye = torch.eye(k, dtype=torch.bool, device=model.device)
     masks = [eye.repeat(1, level + 1).expand(b, -1, -1) for level in range(depth)]  # as the drafter's lineages
 
-    def run() -> list[torch.Tensor]:
+    def verify() -> list[torch.Tensor]:
         cache_len, tokens = model.cache_len[:b], model.tree_tokens[:b]
         hidden, features = model.target(
             tokens, cache_len[:, None] + model.tree_depth[:b], kv, cache_len, model.tree_mask[:b]
         )
-        logits = [model.target.lm_head()(hidden)]
-        parent = drafter.consume(features[:, :width], tokens[:, :width], cache_len, prefill=False)[:, :1]
-        logits.append(drafter.logits(parent))
+        return [model.target.lm_head()(hidden), features]
+
+    features = verify()[1][:, :width].clone()
+
+    def draft() -> list[torch.Tensor]:
+        cache_len, tokens = model.cache_len[:b], model.tree_tokens[:b]
+        parent = drafter.consume(features, tokens[:, :width], cache_len, prefill=False)[:, :1]
+        logits = [drafter.logits(parent)]
         parent, frontier = parent.expand(-1, k, -1), tokens[:, 1 : k + 1]
         for level, mask in enumerate(masks):
             positions = (cache_len + level)[:, None].expand(-1, k)
@@ -159,7 +169,7 @@ def forwards(model: EagleModel) -> Callable[[], list[torch.Tensor]]:
             logits.append(drafter.logits(parent))
         return logits
 
-    return run
+    return {"verify": verify, "draft": draft}
 
 
 def steps_ms(step: Callable[[], object]) -> tuple[float, float, float]:
@@ -203,11 +213,16 @@ def bench_batch(
     log(f"{name} B={batch}: captured {timings['captured'][0][1]:.3f} ms per step; compiling the forwards alone...")
 
     start(model, *prompts, sampling=False)
-    began = time.perf_counter()
-    forwards_ms = time_graph_ms(torch.compile(forwards(model), fullgraph=True, dynamic=False), calls=STEPS)
-    if math.isnan(forwards_ms[1]):
-        log(f"{name} B={batch}: the forwards could not be captured in a CUDA graph (time_graph_ms returned NaN)")
-    timings["forwards"] = forwards_ms, float("nan"), time.perf_counter() - began
+    for phase, run in forwards(model).items():
+        began = time.perf_counter()
+        phase_ms = time_graph_ms(torch.compile(run, fullgraph=True, dynamic=False), calls=STEPS)
+        if math.isnan(phase_ms[1]):
+            log(f"{name} B={batch}: the {phase} forwards could not be captured in a CUDA graph (NaN timings)")
+        timings[phase] = phase_ms, float("nan"), time.perf_counter() - began
+        log(f"{name} B={batch}: {phase} forwards {phase_ms[1]:.3f} ms")
+    (verify, _, verify_s), (draft, _, draft_s) = timings["verify"], timings["draft"]
+    forwards_ms = tuple(v + d for v, d in zip(verify, draft, strict=True))
+    timings["forwards"] = forwards_ms, float("nan"), verify_s + draft_s
     log(f"{name} B={batch}: forwards {forwards_ms[1]:.3f} ms; floor {floor_ms:.3f} ms")
 
     rows = []
@@ -222,6 +237,8 @@ def bench_batch(
                 "p80_ms": round(p80, 4),
                 "tau": round(tau, 3),
                 "tokens_per_s": round(batch * tau / median * 1e3, 1),
+                "verify_ms": round(timings["verify"][0][1], 4),
+                "draft_ms": round(timings["draft"][0][1], 4),
                 "forwards_ms": round(forwards_ms[1], 4),
                 "x_forwards": round(median / forwards_ms[1], 3),
                 "floor_ms": round(floor_ms, 4),
@@ -278,6 +295,31 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def phases(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per model and batch, the captured step's milliseconds by phase: the verify forward, the draft forwards and
+    everything else (the captured step less the two, negative when the forwards timed alone take longer)."""
+    found = {}
+    for row in rows:
+        if row["method"] == "captured":
+            verify, draft = row["verify_ms"], row["draft_ms"]
+            found[f"{row['model']} B={row['batch']}"] = {
+                "verify forward": verify,
+                "draft forwards": draft,
+                "everything else": round(row["ms_per_step"] - verify - draft, 4),
+            }
+    return found
+
+
+def phases_table(by_phase: dict[str, dict[str, float]]) -> str:
+    header = ["model and batch", "captured ms", "verify forward ms", "draft forwards ms", "everything else ms"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, ms in by_phase.items():
+        total = sum(ms.values())
+        cells = [name, f"{total:.3f}"] + [f"{v:.3f} ({v / total:.0%})" for v in ms.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -299,6 +341,15 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(rows)
     (args.out / "e2e.md").write_text(table)
     print(table)
+    by_phase = phases(rows)
+    if by_phase:
+        table = phases_table(by_phase)
+        (args.out / "e2e_phases.md").write_text(table)
+        print(table)
+        # A stack cannot show a negative segment: the table keeps the sign, the picture shows it as 0.
+        stacked = {name: {phase: max(v, 0.0) for phase, v in ms.items()} for name, ms in by_phase.items()}
+        title = f"{stamped['device']}: the captured step by phase (T = 60, K = 10, D = 7, bf16)"
+        stacked_bar(args.out / "e2e_phases.png", stacked, ylabel="ms per step", title=title)
     log("done" if ok else "done, with failures (see above)")
     sys.exit(0 if ok else 1)
 

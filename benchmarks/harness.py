@@ -102,13 +102,27 @@ def read_bandwidth_gbps(gib: float = 1.0) -> float:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to ``path``, writing the header when the file is new."""
+    """Append ``rows`` to ``path``, writing the header when the file is new.
+
+    Rows whose columns differ from the file's header (a benchmark that gained a column) rewrite the file under the
+    union of both headers, the file's columns first, with empty cells where a row has no value.
+    """
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    mode = "w"
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            if header == columns:
+                mode = "a"
+            else:
+                rows = list(reader) + rows
+                columns = list(dict.fromkeys(header + columns))
+    with path.open(mode, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        if mode == "w":
             writer.writeheader()
         writer.writerows(rows)

@@ -1,4 +1,5 @@
-"""The ``eagle-ops`` command: ``eagle-ops demo`` runs EAGLE on the embedded default model.
+"""The ``eagle-ops`` command: ``eagle-ops demo`` runs EAGLE on the embedded default model, ``eagle-ops bench NAME``
+runs a benchmark (``python -m benchmarks.NAME``).
 
 The demo loads the small Python-code model shipped inside the package (no network), continues a few held-out
 prompts with speculative decoding while streaming the text, then decodes the same prompts with the target alone
@@ -8,7 +9,11 @@ on the same cache, and prints the mean accepted length, both speeds, the speedup
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
+import pkgutil
+import runpy
 import sys
 from pathlib import Path
 
@@ -114,6 +119,48 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def benchmark_names() -> dict[str, str]:
+    """The runnable modules of the ``benchmarks`` package (a ``main``, or a package's ``__main__``), each with the
+    first line of its docstring. Imports them all (and so torch and transformers): only for listing."""
+    import benchmarks
+
+    found = {}
+    for info in pkgutil.iter_modules(benchmarks.__path__):
+        name = f"benchmarks.{info.name}"
+        if info.ispkg:
+            if importlib.util.find_spec(f"{name}.__main__") is None:
+                continue
+            name += ".__main__"
+        module = importlib.import_module(name)
+        if info.ispkg or callable(getattr(module, "main", None)):
+            found[info.name] = (module.__doc__ or "").strip().split("\n", 1)[0]
+    return found
+
+
+def bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run ``benchmarks.<name>`` as ``python -m`` would, with the remaining arguments; list the names without one."""
+    if args.name is None or args.help:
+        parser.print_help()
+        print("\nbenchmarks (eagle-ops bench NAME --help for each one's options):")
+        for name, summary in benchmark_names().items():
+            print(f"  {name:12s} {summary}")
+        return 0
+    module = f"benchmarks.{args.name}"
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent is no package
+        found = False
+    if not found:
+        print(f"eagle-ops bench: no benchmark {args.name!r}; `eagle-ops bench` lists them", file=sys.stderr)
+        return 2
+    argv, sys.argv = sys.argv, [f"eagle-ops bench {args.name}", *args.args]  # the benchmark parses sys.argv
+    try:
+        runpy.run_module(module, run_name="__main__")
+    finally:
+        sys.argv = argv
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eagle-ops", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,7 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     run_demo.add_argument("--top-p", type=float, default=1.0)
     run_demo.add_argument("--seed", type=int, default=0)
     run_demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    # Its own --help, so that `eagle-ops bench NAME --help` reaches the benchmark and `eagle-ops bench --help` lists.
+    run_bench = commands.add_parser(
+        "bench", help="run a benchmark (python -m benchmarks.NAME); without NAME, list them", add_help=False
+    )
+    run_bench.add_argument("-h", "--help", action="store_true", help="show this help and the benchmarks")
+    run_bench.add_argument("name", nargs="?", help="the benchmark, e.g. baselines, e2e, soak, ops")
+    run_bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return bench(run_bench, args)
     return demo(args)
 
 

@@ -62,6 +62,11 @@ class CompiledStep:
         self._warm_calls: Counter[tuple[int, bool]] = Counter()
         self._side_stream = torch.cuda.Stream(model.device) if capture else None
 
+    @property
+    def captures(self) -> int:
+        """How many CUDA graphs this step has captured so far: one per (batch, sampling) pair it has run."""
+        return len(self._graphs)
+
     def __call__(self) -> StepOutput:
         if self.model.batch == 0:  # the step's own check would surface as an opaque dynamo error
             raise RuntimeError("configure() and prefill() come before the first step")
