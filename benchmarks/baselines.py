@@ -1,12 +1,13 @@
 """End-to-end decoding speed on the embedded model against what users would pick instead, in one run.
 
-    python -m benchmarks.baselines --out DIR [--batch 1 16] [--prompts 16] [--max-new-tokens 128]
+    python -m benchmarks.baselines --out DIR [--batch 1 16] [--trees 10,7,60 ...] [--prompts 16] [--max-new-tokens 128]
 
 Greedy, bf16, the held-out prompts of ``model/default/prompts.json`` decoded in batches of each ``--batch`` size
 (consecutive prompts, cycling through them when a batch needs more), EOS ignored so that every method produces
 ``--max-new-tokens`` tokens per sequence. Methods: ``transformers`` ``generate`` with its default dynamic cache
 (eager), with ``cache_implementation="static"`` (its automatic compile of the forward), with prompt lookup
-(``prompt_lookup_num_tokens=10``), and eagle_ops' EAGLE-3 step eager and compiled + captured (``model.compile()``).
+(``prompt_lookup_num_tokens=10``), and eagle_ops' EAGLE-3 step eager (first tree) and compiled + captured
+(``model.compile()``, every tree of ``--trees``).
 At B > 1 ``transformers`` gets left-padded prompts and their attention mask; prompt lookup runs through assisted
 decoding, which ``transformers`` supports at batch 1 only (``_assisted_decoding`` raises "assisted generate is only
 supported for batch_size = 1"), so its row reads "n/a (batch 1 only)" there.
@@ -46,8 +47,8 @@ from model.generate import GenerationResult
 DYNAMIC = "transformers generate, dynamic cache"
 STATIC = "transformers generate, static cache + compile"
 LOOKUP = "transformers prompt lookup (10 tokens)"
-EAGER = "eagle_ops EAGLE-3, eager step"
-CAPTURED = "eagle_ops EAGLE-3, compiled + captured step"
+EAGER = "eagle_ops EAGLE-3 {tree}, eager step"
+CAPTURED = "eagle_ops EAGLE-3 {tree}, compiled + captured step"
 BATCH_ONE_ONLY = "n/a (batch 1 only)"
 COLUMNS = (
     "batch", "method", "tokens_per_s", "x_static_compile", "tau", "accept_histogram", "ms_per_step", "peak_mib",
@@ -124,8 +125,8 @@ def release() -> None:
     torch.cuda.empty_cache()
 
 
-def bench_batch(batch: int, prompts: list[list[int]], new: int, pad: int) -> list[dict]:
-    """Every method's row at one batch size."""
+def bench_batch(batch: int, prompts: list[list[int]], new: int, pad: int, trees: list[str]) -> list[dict]:
+    """Every method's row at one batch size; the eager eagle_ops step with the first tree only."""
     from transformers import AutoModelForCausalLM
 
     count = math.ceil(len(prompts) / batch)
@@ -143,20 +144,24 @@ def bench_batch(batch: int, prompts: list[list[int]], new: int, pad: int) -> lis
     del hf
     release()
 
-    eagle = EagleModel.from_pretrained(
-        DEFAULT_MODEL / "target",
-        DEFAULT_MODEL / "eagle3",
-        tree=parse_tree("10,7,60"),
-        max_batch_size=batch,
-        max_seq_len=max(map(len, prompts)) + new + 128,
-        dtype=torch.bfloat16,
-        device="cuda",
-    )
-    measured.append(attempt(EAGER, eagle_run(eagle, new), groups))
-    eagle.compile()
-    measured.append(attempt(CAPTURED, eagle_run(eagle, new), groups))
-    del eagle
-    release()
+    for index, text in enumerate(trees):
+        tree = parse_tree(text)
+        eagle = EagleModel.from_pretrained(
+            DEFAULT_MODEL / "target",
+            DEFAULT_MODEL / "eagle3",
+            tree=tree,
+            max_batch_size=batch,
+            max_seq_len=max(map(len, prompts)) + new + 2 * tree.tree_size,
+            dtype=torch.bfloat16,
+            device="cuda",
+        )
+        name = f"K={tree.top_k} D={tree.depth} T={tree.tree_size}"
+        if index == 0:
+            measured.append(attempt(EAGER.format(tree=name), eagle_run(eagle, new), groups))
+        eagle.compile()
+        measured.append(attempt(CAPTURED.format(tree=name), eagle_run(eagle, new), groups))
+        del eagle
+        release()
 
     reference = next((outputs for _, outputs in measured if outputs is not None), None)
     static = measured[1][0].get("tokens_per_s")
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes, one table each")
+    parser.add_argument("--trees", nargs="+", default=["10,7,60"], help="EAGLE trees K,D,T, one captured row each")
     parser.add_argument("--prompts", type=int, default=16, help="how many held-out prompts (at most 16)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     title = f"{stamped['device']}: embedded model, greedy, bf16, {args.max_new_tokens} new tokens per sequence"
     rows = []
     for batch in args.batch:  # outputs written after each batch size, so that a timeout keeps the finished ones
-        batch_rows = bench_batch(batch, prompts, args.max_new_tokens, pad)
+        batch_rows = bench_batch(batch, prompts, args.max_new_tokens, pad, args.trees)
         extra = {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens} | stamped
         write_csv(args.out / "baselines.csv", [row | extra for row in batch_rows])
         rows += batch_rows
