@@ -33,12 +33,16 @@ class Case:
 
 def stamp() -> dict[str, str]:
     """Device, versions, commit and date for every result row."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    # The device machine gets a copy of the work tree without .git: its runs pass the commit in.
-    commit = commit or os.environ.get("EAGLE_OPS_COMMIT", "unknown")
+    # A run on a copy of the work tree (the device machine's) passes the commit in: that copy's git metadata, if
+    # any, is not the work tree's.
+    commit = os.environ.get("EAGLE_OPS_COMMIT", "")
+    if not commit:
+        try:
+            result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+            commit = result.stdout.strip()
+        except OSError:
+            pass
+    commit = commit or "unknown"
     import transformers
     import triton
 
