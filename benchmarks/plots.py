@@ -7,6 +7,7 @@ through the Agg canvas: no pyplot state, no display, nothing at import time.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 
@@ -39,7 +40,7 @@ def stacked_bar(path: Path, bars: dict[str, dict[str, float]], *, ylabel: str, t
     from matplotlib.figure import Figure
 
     segments = list(next(iter(bars.values())))
-    figure = Figure(figsize=(1.8 + 1.6 * len(bars), 4.5), layout="constrained")
+    figure = Figure(figsize=(max(5.0, 1.8 + 1.6 * len(bars)), 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.subplots()
     names = list(bars)
@@ -51,7 +52,7 @@ def stacked_bar(path: Path, bars: dict[str, dict[str, float]], *, ylabel: str, t
     for x, total in enumerate(bottom):
         ax.annotate(f"{total:.3g}", (x, total), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 60))
     ax.margins(y=0.12)
     ax.legend()
     figure.savefig(path, dpi=120)
