@@ -145,14 +145,13 @@ def forwards(model: EagleModel) -> dict[str, Callable[[], list[torch.Tensor]]]:
         raise ValueError(
             f"the forwards reuse the tree's tokens: tree_size {tree.tree_size} must exceed {max(k, width)}"
         )
-    kv = model.target_cache.view(b)
     eye = torch.eye(k, dtype=torch.bool, device=model.device)
     masks = [eye.repeat(1, level + 1).expand(b, -1, -1) for level in range(depth)]  # as the drafter's lineages
 
     def verify() -> list[torch.Tensor]:
         cache_len, tokens = model.cache_len[:b], model.tree_tokens[:b]
         hidden, features = model.target(
-            tokens, cache_len[:, None] + model.tree_depth[:b], kv, cache_len, model.tree_mask[:b]
+            tokens, cache_len[:, None] + model.tree_depth[:b], model.target_cache, cache_len, model.tree_mask[:b]
         )
         return [model.target.lm_head()(hidden), features]
 

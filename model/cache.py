@@ -48,9 +48,27 @@ class KVCache(nn.Module):
             layers, 2, batch, kv_heads, capacity, head_dim
         )
 
+    def write_(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+        """Store ``k, v`` (``[B, Hkv, N, Dh]``) of ``layer`` at ``slots`` (``[B, N]``) of :meth:`view` ``(B)``.
+
+        One ``index_put_`` on the storage itself, not a write through views: under ``torch.compile`` a write through
+        views of a buffer that a custom op (``kv_copy_``) also mutates is functionalized into scatters that inductor
+        does not turn back into in-place writes, and the compiled step then copies the whole cache every layer.
+        """
+        _, _, _, kv_heads, capacity, head_dim = self.shape
+        batch = k.shape[0]
+        b = torch.arange(batch, device=k.device)[:, None, None, None]
+        h = torch.arange(kv_heads, device=k.device)[None, :, None, None]
+        d = torch.arange(head_dim, device=k.device)
+        keys = (((layer * 2 * batch + b) * kv_heads + h) * capacity + slots[:, None, :, None]) * head_dim + d
+        values = keys + batch * kv_heads * capacity * head_dim
+        index = torch.cat([keys.reshape(-1), values.reshape(-1)])
+        self.storage.index_put_((index,), torch.cat([k.flatten(), v.flatten()]))
+
 
 def attend(
-    layer_kv: torch.Tensor,
+    cache: KVCache,
+    layer: int,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -59,23 +77,22 @@ def attend(
     scale: float,
     offset: int = 0,
 ) -> torch.Tensor:
-    """Write ``k, v`` (``[B, Hkv, N, Dh]``) to slots ``cache_len + offset + i`` of ``layer_kv`` and attend.
+    """Write ``k, v`` (``[B, Hkv, N, Dh]``) to slots ``cache_len + offset + i`` of ``layer`` of ``cache`` and attend.
 
     With a ``tree_mask`` (``[B, N, offset + N]``) the queries see the committed prefix and the masked slots from
     ``cache_len`` on (``eagle_ops.tree_attention``). Without one the batch is a prefill from an empty cache
     (``cache_len == 0``): plain causal attention over the N new tokens. Returns ``[B, Hq, N, Dh]``.
     """
-    _, batch, kv_heads, capacity, head_dim = layer_kv.shape
-    n = k.shape[2]
-    slots = cache_len[:, None] + offset + torch.arange(n, device=k.device)
+    batch, kv_heads, n, _ = k.shape
+    capacity = cache.shape[4]
     # A finished sequence keeps running with its cache full; its junk writes land on its own last slot.
-    index = slots.clamp_max(capacity - 1)[:, None, :, None].expand(batch, kv_heads, n, head_dim)
-    layer_kv[0].scatter_(2, index, k)
-    layer_kv[1].scatter_(2, index, v)
+    slots = (cache_len[:, None] + offset + torch.arange(n, device=k.device)).clamp_max(capacity - 1)
+    cache.write_(layer, k, v, slots)
     if tree_mask is None:
         group = q.shape[1] // kv_heads
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    layer_kv = cache.view(batch)[layer]
     return eagle_ops.tree_attention(q.contiguous(), layer_kv[0], layer_kv[1], cache_len, tree_mask.contiguous(), scale)
 
 
@@ -87,13 +104,13 @@ def cached_attention(
     attention_mask: torch.Tensor | None,
     *,
     scaling: float,
-    eagle_kv: torch.Tensor,
+    eagle_kv: KVCache,
     eagle_cache_len: torch.Tensor,
     eagle_tree_mask: torch.Tensor | None,
     **_: object,
 ) -> tuple[torch.Tensor, None]:
     """The ``transformers`` attention function: layer ``module.layer_idx`` attends through the static cache."""
-    out = attend(eagle_kv[module.layer_idx], query, key, value, eagle_cache_len, eagle_tree_mask, scaling)
+    out = attend(eagle_kv, module.layer_idx, query, key, value, eagle_cache_len, eagle_tree_mask, scaling)
     return out.transpose(1, 2), None
 
 

@@ -223,9 +223,8 @@ class EagleModel(nn.Module):
             getattr(self, name)[:b].zero_()
         self.out_tokens[:b].fill_(-1)
         self.done[:b] = False
-        kv = self.target_cache.view(b)
         positions = torch.arange(input_ids.shape[1], device=self.device).expand(b, -1)
-        hidden, features = self.target(input_ids, positions, kv, self.cache_len[:b], None)
+        hidden, features = self.target(input_ids, positions, self.target_cache, self.cache_len[:b], None)
         last = (lengths - 1)[:, None]
         root_logits = self.target.lm_head()(hidden.gather(1, last[..., None].expand(-1, -1, hidden.shape[-1])))
         _, _, emitted, bonus = self._accept(torch.zeros_like(last), self.root_parent[:b], root_logits)
@@ -252,15 +251,14 @@ class EagleModel(nn.Module):
         b = self._prefilled_batch()
         cache_len = self.cache_len[:b]
         tokens, parent = self.tree_tokens[:b], self.tree_parent[:b]
-        kv = self.target_cache.view(b)
         hidden, features = self.target(
-            tokens, cache_len[:, None] + self.tree_depth[:b], kv, cache_len, self.tree_mask[:b]
+            tokens, cache_len[:, None] + self.tree_depth[:b], self.target_cache, cache_len, self.tree_mask[:b]
         )
         accept_len, path, emitted, bonus = self._accept(tokens, parent, self.target.lm_head()(hidden))
         active = ~self.done[:b]
         self._count(accept_len, active)
         out = self._emit(emitted, accept_len + 1, active)
-        eagle_ops.kv_copy_(kv, cache_len, torch.where(active[:, None], path, -1))
+        eagle_ops.kv_copy_(self.target_cache.view(b), cache_len, torch.where(active[:, None], path, -1))
         # The draft commits the accepted path: pair j = (target feature at path[j], emitted token j).
         path_features = features.gather(1, path.clamp_min(0)[..., None].expand(-1, -1, features.shape[-1]))
         draft_hidden = self.drafter.consume(path_features, emitted.clamp_min(0), cache_len, prefill=False)
@@ -276,7 +274,7 @@ class EagleModel(nn.Module):
         b = self._prefilled_batch()
         cache_len = self.cache_len[:b]
         root = self.tree_tokens[:b, :1].contiguous()
-        hidden, _ = self.target(root, cache_len[:, None], self.target_cache.view(b), cache_len, self.root_mask[:b])
+        hidden, _ = self.target(root, cache_len[:, None], self.target_cache, cache_len, self.root_mask[:b])
         accept_len, _, emitted, bonus = self._accept(root, self.root_parent[:b], self.target.lm_head()(hidden))
         active = ~self.done[:b]
         self._count(accept_len, active)

@@ -134,10 +134,9 @@ class Drafter(nn.Module):
     ) -> torch.Tensor:
         """One head forward over ``tokens [B, N]`` with input hidden ``[B, N, H]``, writing its K/V to draft slots
         ``cache_len + offset + i`` and attending as ``cache.attend`` does. Returns the head's hidden ``[B, N, H]``."""
-        layer_kv = self.cache.view(tokens.shape[0])[0]
 
         def attend_draft(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return attend(layer_kv, q, k, v, cache_len, tree_mask, self.scale, offset)
+            return attend(self.cache, 0, q, k, v, cache_len, tree_mask, self.scale, offset)
 
         return self.head(self.embed_tokens(tokens), hidden, positions, attend_draft)
 

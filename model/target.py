@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from model.cache import register_attention
+from model.cache import KVCache, register_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -136,7 +136,7 @@ class Target(nn.Module):
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
-        kv: torch.Tensor,
+        kv: KVCache,
         cache_len: torch.Tensor,
         tree_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -142,3 +142,19 @@ def test_compile_step_refuses_what_it_cannot_do(folder):
         compile_step(model, capture=True)
     with pytest.raises(RuntimeError, match="prefill"):
         compile_step(model)()
+
+
+def test_the_compiled_step_writes_the_kv_cache_in_place(folder):
+    """Inductor's code for the step allocates no second KV cache: a write through views of the cache beside the
+    in-place ``kv_copy_`` used to make it copy the whole cache every layer and copy it back at the end."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = load(folder, "eagle3", DYNAMIC)
+    start(model, sampling=False)
+    torch._dynamo.reset()
+    _, codes = run_and_get_code(torch.compile(original_step(model), fullgraph=True))
+    sizes = {model.target_cache.storage.numel(), model.drafter.cache.storage.numel()}
+    allocations = [line for code in codes for line in code.splitlines() if "empty_strided" in line]
+    whole = [line.strip() for line in allocations if any(f"(({n}, )" in line or f"(({n},)" in line for n in sizes)]
+    assert allocations, "no allocation found in inductor's code: the check would pass vacuously"
+    assert not whole, f"the compiled step allocates a buffer the size of a KV cache: {whole}"
