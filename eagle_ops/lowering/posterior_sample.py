@@ -77,6 +77,14 @@ def _kept(key, token, kth_key, nucleus_key, nucleus_cut):
 
 
 @triton.jit
+def _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut):
+    """``exp(score - top)`` of the tokens top-k and top-p keep, 0 for the others and past the vocabulary."""
+    scores = _scores(row_ptr, token, token < vocab, temperature)
+    kept = (token < vocab) & _kept(_order_key(scores), token, kth_key, nucleus_key, nucleus_cut)
+    return tl.where(kept, _weight(scores, top), 0.0)
+
+
+@triton.jit
 def _row_max(row_ptr, vocab, temperature, BLOCK_V: tl.constexpr):
     lanes = tl.arange(0, BLOCK_V)
     top = tl.full([BLOCK_V], float("-inf"), tl.float32)
@@ -293,10 +301,10 @@ def _candidate_row(
     # Top-p, in ascending (score, token) order: drop the prefix whose cumulative probability is <= 1 - top_p,
     # never the last survivor; top_p <= 0 keeps it alone.
     cumulative = tl.cumsum(tl.math.div_rn(weight, tl.sum(weight, 0)), 0)
-    droppable = present & (slots < count - 1) & (tl.where(top_p < 1.0, 1, 0) != 0)
+    searched = tl.where(top_p < 1.0, 1, 0) != 0
+    droppable = present & (slots < count - 1) & searched
     dropped = tl.where(tl.where(top_p <= 0.0, 1.0, cumulative) <= 1.0 - tl.maximum(top_p, 0.0), droppable, False)
     first_kept = tl.min(tl.where(present & ~dropped, slots, CANDIDATES), 0)
-    searched = tl.where(top_p < 1.0, 1, 0) != 0
     nucleus_key = tl.where(searched, tl.sum(tl.where(slots == first_kept, key, 0), 0).to(tl.int64), _NEG_INF_KEY)
     nucleus_cut = tl.where(searched, tl.sum(tl.where(slots == first_kept, token, 0), 0), 0).to(tl.int64)
     kept = present & (slots >= first_kept)
@@ -365,9 +373,7 @@ def _streamed_row(
     residual_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
     for start in range(0, vocab, BLOCK_V):
         token = start + lanes
-        scores = _scores(row_ptr, token, token < vocab, temperature)
-        kept = (token < vocab) & _kept(_order_key(scores), token, kth_key, nucleus_key, nucleus_cut)
-        weight = tl.where(kept, _weight(scores, top), 0.0)
+        weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
         kept_sum += weight
         rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
         residual_sum += tl.where(rejected, 0.0, weight)
@@ -388,9 +394,7 @@ def _streamed_row(
     full_last = tl.full([BLOCK_V], -1, tl.int32)
     for start in range(0, vocab, BLOCK_V):
         token = start + lanes
-        scores = _scores(row_ptr, token, token < vocab, temperature)
-        kept = (token < vocab) & _kept(_order_key(scores), token, kth_key, nucleus_key, nucleus_cut)
-        weight = tl.where(kept, _weight(scores, top), 0.0)
+        weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
         rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
         residual = tl.where(reject & rejected, 0.0, weight)
         residual_block = tl.sum(residual, 0)
