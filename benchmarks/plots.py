@@ -35,12 +35,12 @@ def bar_chart(path: Path, panels: dict[str, dict[str, float | None]], *, xlabel:
 
 def stacked_bar(path: Path, bars: dict[str, dict[str, float]], *, ylabel: str, title: str) -> None:
     """One vertical bar per entry of ``bars``, stacked from its segments (name: non-negative value) in the order of
-    the first bar's, with a legend and each bar's total above it. Writes a PNG."""
+    the first bar's, with a legend beside them and each bar's total above it. Writes a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     segments = list(next(iter(bars.values())))
-    figure = Figure(figsize=(max(5.0, 1.8 + 1.6 * len(bars)), 4.5), layout="constrained")
+    figure = Figure(figsize=(max(6.5, 3.6 + 1.6 * len(bars)), 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.subplots()
     names = list(bars)
@@ -52,9 +52,9 @@ def stacked_bar(path: Path, bars: dict[str, dict[str, float]], *, ylabel: str, t
     for x, total in enumerate(bottom):
         ax.annotate(f"{total:.3g}", (x, total), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points")
     ax.set_ylabel(ylabel)
-    ax.set_title(textwrap.fill(title, 60))
+    figure.suptitle(textwrap.fill(title, 70))
     ax.margins(y=0.12)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the bars, never over them
     figure.savefig(path, dpi=120)
 
 
