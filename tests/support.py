@@ -106,6 +106,7 @@ def recorded_launches() -> Iterator[list[dict]]:
                 "signature": signature,
                 "constexprs": constexprs,
                 "num_warps": kwargs.get("num_warps", 4),
+                "num_stages": kwargs.get("num_stages", 3),
             }
         )
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
@@ -124,8 +125,11 @@ from triton.backends.compiler import GPUTarget
 for spec in json.load(sys.stdin):
     kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
     source = triton.compiler.ASTSource(fn=kernel, signature=spec["signature"], constexprs=spec["constexprs"])
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": spec["num_warps"]})
+    options = {"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]}
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     assert compiled.asm["cubin"], spec["kernel"]
+    # What the launch would check on the H200: an sm_90 block gets at most 227 KiB of shared memory.
+    assert compiled.metadata.shared <= 227 * 1024, f"{spec['kernel']}: {compiled.metadata.shared} B of shared memory"
     print(spec["kernel"], "ok")
 """
 
