@@ -6,7 +6,10 @@ read once for all of them. It walks one slice of the readable keys ``[0, min(pre
 softmax. When ``B*Hkv`` programs cannot fill the GPU, the keys are split across programs (flash-decoding): each
 writes its unnormalised partial (row max, row sum, accumulator) to a workspace and a second kernel combines them.
 The split count comes from the shapes only (no host sync); the slices are cut from the actual readable length
-inside the kernel, so all splits of a sequence do equal work whatever ``cache_len`` is.
+inside the kernel, so all splits of a sequence do equal work whatever ``cache_len`` is. A sequence uses only as
+many of them as give each at least ``_MIN_SPLIT_KEYS`` keys (the others return at once): a partial costs about as
+many bytes as a few hundred keys, so a short sequence is better served by one program per row block, which then
+writes the output itself, and the combine kernel leaves its rows alone.
 """
 
 from __future__ import annotations
@@ -21,11 +24,19 @@ import triton
 import triton.language as tl
 
 _SM_COUNT_OFF_GPU = 132  # an H100/H200, so that interpreter runs pick the splits the GPU would pick
-# Two pipeline stages of K and V tiles of at most 16 KiB keep a program near 96 KiB of shared memory, so two
-# programs fit on one SM; the keys are split until every SM has those two.
-_NUM_STAGES = 2
+# Enough programs for the GPU (a batch of long sequences): two pipeline stages of K and V tiles of at most 16 KiB
+# keep a program near 96 KiB of shared memory, so two programs fit on one SM.
 _TILE_BYTES = 16 * 1024
+_MAX_BLOCK_N = 64
 _PROGRAMS_PER_SM = 2
+# Too few programs (short batches): the keys are split across programs, one per SM, each with K and V tiles of up
+# to 32 KiB and three stages in flight while they fit the shared memory (measured on the H200 at B = 1 and 8192
+# cached tokens: 10% faster than two 16 KiB stages with twice the splits).
+_SPLIT_TILE_BYTES = 32 * 1024
+_SPLIT_MAX_BLOCK_N = 128
+_SHARED_MEMORY_BUDGET = 208 * 1024
+# A split's partial (Tq*G rows of Dh floats, written then read back) is worth its cost only over enough keys.
+_MIN_SPLIT_KEYS = 512
 _COMBINE_ROWS = 16
 # The Triton interpreter does not do bfloat16 arithmetic as the GPU does (triton-lang/triton#11584: "we just don't
 # support it yet"): tl.dot multiplies the bit patterns and float32 -> bfloat16 casts truncate. Under it, bfloat16
@@ -41,6 +52,7 @@ class _LaunchConfig:
     block_d: int
     num_splits: int
     num_warps: int
+    num_stages: int
 
 
 @functools.lru_cache
@@ -56,14 +68,20 @@ def _launch_config(
     # tl.dot needs every block dim >= 16: short rows (Tq*G < 16) are padded, odd head sizes masked.
     block_m = min(max(triton.next_power_of_2(rows_per_group), 16), 64)
     block_d = max(triton.next_power_of_2(head_dim), 16)
-    widest = max(_TILE_BYTES // (block_d * element_size), 16)
-    block_n = min(max(triton.next_power_of_2(capacity), 16), widest, 64)
-    # Whole waves only: one program too many would run alone in a second wave and double the time.
-    programs = triton.cdiv(rows_per_group, block_m) * groups
-    fitting = _PROGRAMS_PER_SM * _sm_count(device) // programs
-    num_splits = max(1, min(fitting, triton.cdiv(capacity, block_n)))
     num_warps = 8 if block_m * block_d > 64 * 128 else 4
-    return _LaunchConfig(block_m, block_n, block_d, num_splits, num_warps)
+    programs = triton.cdiv(rows_per_group, block_m) * groups
+    split = programs * _PROGRAMS_PER_SM <= _sm_count(device)
+    tile_bytes = _SPLIT_TILE_BYTES if split else _TILE_BYTES
+    widest = max(tile_bytes // (block_d * element_size), 16)
+    block_n = min(max(triton.next_power_of_2(capacity), 16), widest, _SPLIT_MAX_BLOCK_N if split else _MAX_BLOCK_N)
+    if not split:
+        # Whole waves only: one program too many would run alone in a second wave and double the time.
+        num_splits = max(1, min(_PROGRAMS_PER_SM * _sm_count(device) // programs, triton.cdiv(capacity, block_n)))
+        return _LaunchConfig(block_m, block_n, block_d, num_splits, num_warps, num_stages=2)
+    num_splits = max(1, min(_sm_count(device) // programs, triton.cdiv(capacity, block_n)))
+    stage_bytes = 2 * block_n * block_d * element_size
+    num_stages = 3 if block_m * block_d * element_size + 3 * stage_bytes <= _SHARED_MEMORY_BUDGET else 2
+    return _LaunchConfig(block_m, block_n, block_d, num_splits, num_warps, num_stages)
 
 
 @triton.jit
@@ -137,6 +155,22 @@ def _attend_key_block(
 
 
 @triton.jit
+def _store_output(out_ptr, rows, dims, acc, row_sum, mask, HEAD_DIM: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """Normalise and store rows; a row that saw no key has sum 0 and acc 0, and dividing by 1 gives the zeros."""
+    out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
+    out_ptrs = out_ptr + rows[:, None] * HEAD_DIM + dims[None, :]
+    tl.store(out_ptrs, _rounded(out, out_ptr.dtype.element_ty, EMULATE_BF16), mask=mask)
+
+
+@triton.jit
+def _split_keys(key_end, NUM_SPLITS: tl.constexpr, MIN_SPLIT_KEYS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``(chunk, used)``: a sequence's readable keys ``[0, key_end)`` cut into ``used <= NUM_SPLITS`` slices of
+    ``chunk`` keys (a multiple of BLOCK_N, at least MIN_SPLIT_KEYS); ``used`` is 1 for an empty range."""
+    chunk = tl.maximum(tl.cdiv(tl.cdiv(key_end, NUM_SPLITS), BLOCK_N) * BLOCK_N, MIN_SPLIT_KEYS)
+    return chunk, tl.maximum(tl.cdiv(key_end, chunk), 1)
+
+
+@triton.jit
 def tree_attention_kernel(
     q_ptr,
     k_cache_ptr,
@@ -156,6 +190,7 @@ def tree_attention_kernel(
     total_rows,
     HEAD_DIM: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
+    MIN_SPLIT_KEYS: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -177,41 +212,45 @@ def tree_attention_kernel(
 
     prefix_len = tl.minimum(tl.maximum(tl.load(cache_len_ptr + batch), 0), capacity).to(tl.int32)
     key_end = tl.minimum(prefix_len + tree_len, capacity)
-    chunk = tl.cdiv(tl.cdiv(key_end, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    split_start = tl.minimum(split * chunk, key_end)
-    split_end = tl.minimum(split_start + chunk, key_end)
-    # Blocks wholly inside the prefix need no mask: the tree's slots and the split's ragged end come after them.
-    prefix_span = tl.maximum(tl.minimum(prefix_len, split_end) - split_start, 0)
-    prefix_blocks_end = split_start + prefix_span // BLOCK_N * BLOCK_N
+    chunk, used_splits = _split_keys(key_end, NUM_SPLITS, MIN_SPLIT_KEYS, BLOCK_N)
+    if split < used_splits:
+        split_start = tl.minimum(split * chunk, key_end)
+        split_end = tl.minimum(split_start + chunk, key_end)
+        # Blocks wholly inside the prefix need no mask: the tree's slots and the split's ragged end come after them.
+        prefix_span = tl.maximum(tl.minimum(prefix_len, split_end) - split_start, 0)
+        prefix_blocks_end = split_start + prefix_span // BLOCK_N * BLOCK_N
 
-    k_head_ptr = k_cache_ptr + group * capacity * HEAD_DIM
-    v_head_ptr = v_cache_ptr + group * capacity * HEAD_DIM
-    mask_row_ptrs = tree_mask_ptr + ((batch * queries + rows % queries) * tree_len)[:, None]
+        k_head_ptr = k_cache_ptr + group * capacity * HEAD_DIM
+        v_head_ptr = v_cache_ptr + group * capacity * HEAD_DIM
+        mask_row_ptrs = tree_mask_ptr + ((batch * queries + rows % queries) * tree_len)[:, None]
 
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start in range(split_start, prefix_blocks_end, BLOCK_N):
-        acc, row_max, row_sum = _attend_key_block(
-            acc, row_max, row_sum, q, k_head_ptr, v_head_ptr, mask_row_ptrs, row_ok, start, split_end, prefix_len,
-            qk_scale, HEAD_DIM=HEAD_DIM, MASKED=False, EMULATE_BF16=EMULATE_BF16, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
-        )  # fmt: skip
-    for start in range(prefix_blocks_end, split_end, BLOCK_N):
-        acc, row_max, row_sum = _attend_key_block(
-            acc, row_max, row_sum, q, k_head_ptr, v_head_ptr, mask_row_ptrs, row_ok, start, split_end, prefix_len,
-            qk_scale, HEAD_DIM=HEAD_DIM, MASKED=True, EMULATE_BF16=EMULATE_BF16, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
-        )  # fmt: skip
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for start in range(split_start, prefix_blocks_end, BLOCK_N):
+            acc, row_max, row_sum = _attend_key_block(
+                acc, row_max, row_sum, q, k_head_ptr, v_head_ptr, mask_row_ptrs, row_ok, start, split_end,
+                prefix_len, qk_scale, HEAD_DIM=HEAD_DIM, MASKED=False, EMULATE_BF16=EMULATE_BF16, BLOCK_N=BLOCK_N,
+                BLOCK_D=BLOCK_D,
+            )  # fmt: skip
+        for start in range(prefix_blocks_end, split_end, BLOCK_N):
+            acc, row_max, row_sum = _attend_key_block(
+                acc, row_max, row_sum, q, k_head_ptr, v_head_ptr, mask_row_ptrs, row_ok, start, split_end,
+                prefix_len, qk_scale, HEAD_DIM=HEAD_DIM, MASKED=True, EMULATE_BF16=EMULATE_BF16, BLOCK_N=BLOCK_N,
+                BLOCK_D=BLOCK_D,
+            )  # fmt: skip
 
-    if NUM_SPLITS == 1:
-        # A row that sees no key has sum 0 and acc 0: dividing by 1 instead outputs the defined zeros.
-        out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
-        out_ptrs = out_ptr + global_rows[:, None] * HEAD_DIM + dims[None, :]
-        tl.store(out_ptrs, _rounded(out, out_ptr.dtype.element_ty, EMULATE_BF16), mask=row_dim_mask)
-    else:
-        partial_rows = split.to(tl.int64) * total_rows + global_rows
-        tl.store(partial_acc_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_dim_mask)
-        tl.store(partial_max_ptr + partial_rows, row_max, mask=row_ok)
-        tl.store(partial_sum_ptr + partial_rows, row_sum, mask=row_ok)
+        # Two branches, not one `or`: with NUM_SPLITS == 1 the partial pointers are None, and only a constexpr
+        # branch of its own keeps the partial stores out of the compiled kernel.
+        if NUM_SPLITS == 1:  # noqa: SIM114
+            _store_output(out_ptr, global_rows, dims, acc, row_sum, row_dim_mask, HEAD_DIM, EMULATE_BF16)
+        elif used_splits == 1:
+            _store_output(out_ptr, global_rows, dims, acc, row_sum, row_dim_mask, HEAD_DIM, EMULATE_BF16)
+        else:
+            partial_rows = split.to(tl.int64) * total_rows + global_rows
+            tl.store(partial_acc_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_dim_mask)
+            tl.store(partial_max_ptr + partial_rows, row_max, mask=row_ok)
+            tl.store(partial_sum_ptr + partial_rows, row_sum, mask=row_ok)
 
 
 @triton.jit
@@ -219,11 +258,17 @@ def tree_attention_kernel_combine(
     partial_acc_ptr,
     partial_max_ptr,
     partial_sum_ptr,
+    cache_len_ptr,
     out_ptr,
     total_rows,
+    rows_per_seq,
+    tree_len,
+    capacity,
     HEAD_DIM: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
+    MIN_SPLIT_KEYS: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -231,16 +276,23 @@ def tree_attention_kernel_combine(
     row_ok = rows < total_rows
     dims = tl.arange(0, BLOCK_D)
     row_dim_mask = row_ok[:, None] & (dims < HEAD_DIM)[None, :]
+    # Each row's sequence split its keys as the main kernel did; a sequence that used one split has its output.
+    cache_len = tl.load(cache_len_ptr + rows // rows_per_seq, mask=row_ok, other=0)
+    prefix_len = tl.minimum(tl.maximum(cache_len, 0), capacity).to(tl.int32)
+    _, used_splits = _split_keys(tl.minimum(prefix_len + tree_len, capacity), NUM_SPLITS, MIN_SPLIT_KEYS, BLOCK_N)
 
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     row_max = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
     partial_rows = rows
-    for _ in range(NUM_SPLITS):
-        split_max = tl.load(partial_max_ptr + partial_rows, mask=row_ok, other=float("-inf"))
-        split_sum = tl.load(partial_sum_ptr + partial_rows, mask=row_ok, other=0.0)
+    for split in range(NUM_SPLITS):
+        present = row_ok & (split < used_splits)
+        split_max = tl.load(partial_max_ptr + partial_rows, mask=present, other=float("-inf"))
+        split_sum = tl.load(partial_sum_ptr + partial_rows, mask=present, other=0.0)
         split_acc = tl.load(
-            partial_acc_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :], mask=row_dim_mask, other=0.0
+            partial_acc_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :],
+            mask=present[:, None] & row_dim_mask,
+            other=0.0,
         )
         new_max = tl.maximum(row_max, split_max)
         shift = _softmax_shift(new_max)
@@ -251,9 +303,8 @@ def tree_attention_kernel_combine(
         row_max = new_max
         partial_rows += total_rows
 
-    out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
-    out_ptrs = out_ptr + rows[:, None] * HEAD_DIM + dims[None, :]
-    tl.store(out_ptrs, _rounded(out, out_ptr.dtype.element_ty, EMULATE_BF16), mask=row_dim_mask)
+    mask = row_dim_mask & (used_splits > 1)[:, None]
+    _store_output(out_ptr, rows, dims, acc, row_sum, mask, HEAD_DIM, EMULATE_BF16)
 
 
 def tree_attention_triton(
@@ -301,23 +352,30 @@ def tree_attention_triton(
         total_rows=total_rows,
         HEAD_DIM=head_dim,
         NUM_SPLITS=config.num_splits,
+        MIN_SPLIT_KEYS=_MIN_SPLIT_KEYS,
         EMULATE_BF16=emulate_bf16,
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         BLOCK_D=config.block_d,
         num_warps=config.num_warps,
-        num_stages=_NUM_STAGES,
+        num_stages=config.num_stages,
     )
     if config.num_splits > 1:
         tree_attention_kernel_combine[(triton.cdiv(total_rows, _COMBINE_ROWS),)](
             partial_acc_ptr=partial_acc,
             partial_max_ptr=partial_max,
             partial_sum_ptr=partial_sum,
+            cache_len_ptr=cache_len,
             out_ptr=output,
             total_rows=total_rows,
+            rows_per_seq=q_heads * queries,
+            tree_len=tree_len,
+            capacity=capacity,
             HEAD_DIM=head_dim,
             NUM_SPLITS=config.num_splits,
+            MIN_SPLIT_KEYS=_MIN_SPLIT_KEYS,
             EMULATE_BF16=emulate_bf16,
+            BLOCK_N=config.block_n,
             BLOCK_R=_COMBINE_ROWS,
             BLOCK_D=config.block_d,
             num_warps=4,

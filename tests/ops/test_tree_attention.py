@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
 import torch
@@ -138,17 +140,29 @@ def pinned(test):
         Problem(cache_len=(2,), capacity=12, queries=3, tree_len=3, head_dim=40, dtype=torch.float16),  # odd Dh
         Problem(cache_len=(14,), capacity=20, queries=6, tree_len=6, kv_heads=1, group=1, mask="chain"),  # full
         Problem(cache_len=(100, 37), capacity=150, queries=4, tree_len=4, sharpness=8.0),  # 3 splits, ragged S
+        Problem(cache_len=(120, 3), capacity=150, queries=2, tree_len=4, group=4),  # several splits beside one
         Problem(cache_len=(0, 5), capacity=24, queries=3, tree_len=3, mask="none"),  # b=0 sees nothing: zeros
     ):
         test = example(problem=problem)(test)
     return test
 
 
+@contextlib.contextmanager
+def short_splits() -> Iterator[None]:
+    """Split keys into slices of 16: the lowering's own minimum (512 keys, 128-key blocks) leaves the small shapes
+    here in one slice."""
+    with mock.patch.object(lowering, "_MIN_SPLIT_KEYS", 16), mock.patch.object(lowering, "_SPLIT_MAX_BLOCK_N", 16):
+        yield
+
+
+@pytest.mark.parametrize("splits", [contextlib.nullcontext, short_splits], ids=["default", "short-splits"])
 @given(problem=problems())
 @pinned
-def test_lowering_matches_reference(problem):
+def test_lowering_matches_reference(splits, problem):
     inputs = make_inputs(problem)
-    assert_close_rel("out", lowered(inputs), exact_reference(inputs), TOLERANCE[problem.dtype])
+    with splits():
+        got = lowered(inputs)
+    assert_close_rel("out", got, exact_reference(inputs), TOLERANCE[problem.dtype])
 
 
 @given(problem=problems())
