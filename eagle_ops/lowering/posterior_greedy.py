@@ -82,26 +82,32 @@ def posterior_greedy_kernel_walk(
     base = seq * size
     nodes = tl.arange(0, BLOCK_T)
     in_tree = nodes < size
+    # The whole tree in registers: every walk below reads it with gathers, never with dependent loads.
+    parent = tl.load(parent_ptr + base + nodes, mask=in_tree, other=-1)
+    token = tl.load(tokens_ptr + base + nodes, mask=in_tree, other=-1)
+    choice = _target_choice(best_value_ptr, best_index_ptr, base + nodes, in_tree, splits, BLOCK_S)
+    # A node's step up is sound when its parent lies in [0, own index) and it is the parent's choice; a malformed
+    # parent leads nowhere (-1). The root needs no step.
+    linked = in_tree & (parent >= 0) & (parent < nodes)
+    up = tl.where(linked, parent, -1).to(tl.int32)
+    parent_choice = tl.gather(choice, tl.maximum(up, 0), 0)
+    step_ok = (linked & (token == parent_choice)).to(tl.int32)
 
     # Walk every node up towards the root, at most `steps` steps: it is a candidate when it reaches the root and
-    # every node on the way matches its parent's choice. A parent outside [0, own index) ends the walk as a miss.
-    at = nodes.to(tl.int64)  # where each node's walk is; -1 once it met a malformed parent
+    # every step on the way is sound.
+    at = tl.where(in_tree, nodes, -1)  # where each node's walk is; -1 once it met a malformed parent
     path_matches = in_tree
     depth = tl.zeros([BLOCK_T], dtype=tl.int64)
     for _ in range(steps):
-        climbing = in_tree & (at > 0)
-        parent = tl.load(parent_ptr + base + at, mask=climbing, other=-1)
-        token = tl.load(tokens_ptr + base + at, mask=climbing, other=-1)
-        linked = climbing & (parent >= 0) & (parent < at)
-        parent_choice = _target_choice(best_value_ptr, best_index_ptr, base + parent, linked, splits, BLOCK_S)
-        path_matches = path_matches & (~climbing | (linked & (token == parent_choice)))
+        climbing = at > 0
+        here = tl.maximum(at, 0)
+        path_matches = path_matches & (~climbing | (tl.gather(step_ok, here, 0) != 0))
         depth += climbing.to(tl.int64)
-        at = tl.where(climbing, tl.where(linked, parent, -1), at)
+        at = tl.where(climbing, tl.gather(up, here, 0), at)
     score = tl.where(path_matches & (at == 0), depth, -1)
     accept_len = tl.max(score, 0)
     # The root is always a candidate, so `accepted` is a real node; ties go to the smaller index.
     accepted = tl.min(tl.where(score == accept_len, nodes, BLOCK_T), 0).to(tl.int64)
-    choice = _target_choice(best_value_ptr, best_index_ptr, base + nodes, in_tree, splits, BLOCK_S)
     bonus = tl.sum(tl.where(nodes == accepted, choice, 0), 0)
 
     # Climb from the accepted node back to the root, filling the path from its end.
@@ -109,12 +115,12 @@ def posterior_greedy_kernel_walk(
     path = tl.full([BLOCK_P], -1, dtype=tl.int64)
     emitted = tl.where(slots == accept_len, bonus, -1)
     node = accepted
-    for up in range(steps + 1):
-        slot = accept_len - up
+    for step in range(steps + 1):
+        slot = accept_len - step
         path = tl.where(slots == slot, node, path)
-        below_root = slot > 0
-        emitted = tl.where(slots == slot - 1, tl.load(tokens_ptr + base + node, mask=below_root, other=-1), emitted)
-        node = tl.where(below_root, tl.load(parent_ptr + base + node, mask=below_root, other=0), node)
+        at_node = nodes == node
+        emitted = tl.where(slots == slot - 1, tl.sum(tl.where(at_node, token, 0), 0), emitted)
+        node = tl.where(slot > 0, tl.sum(tl.where(at_node, parent, 0), 0), node)
     store_path(accept_path_ptr, emitted_ptr, seq, path, emitted, path_len, BLOCK_P)
     tl.store(accept_len_ptr + seq, accept_len)
     tl.store(bonus_ptr + seq, bonus)
