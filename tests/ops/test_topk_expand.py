@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from benchmarks.ops.topk_expand import TopkExpandSizes, cases
 from eagle_ops._library import triton_on_cpu
+from eagle_ops.lowering import topk_expand as lowering
 from eagle_ops.lowering.topk_expand import topk_expand_triton
 from eagle_ops.reference.topk_expand import topk_expand_reference
 from eagle_ops.topk_expand import Expansion, topk_expand
@@ -147,12 +149,22 @@ def assert_matches(got: tuple, want: tuple, args: tuple) -> None:
             assert_exact(name, g, w)
 
 
+# Both stage-1 plans on small shapes: the wide one as is, and the narrow one (for many rows) with tiles of 16 and
+# chunks of 2 tiles, so that the few rows here take it with several chunks each.
+PLANS = {
+    "wide plan": {"NARROW_ROWS": lowering.NARROW_ROWS},
+    "narrow plan": {"NARROW_ROWS": 1, "NARROW_BLOCK_V": 16, "NARROW_TILES_PER_CHUNK": 2},
+}
+
+
+@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
 @given(level=levels())
 @pinned
-def test_lowering_matches_reference(level):
+def test_lowering_matches_reference(plan, level):
     args = level.inputs()
     want = topk_expand_reference(*args)
-    got = topk_expand_triton(*args, out=tuple(poisoned_like(t) for t in want))
+    with mock.patch.multiple(lowering, **plan):
+        got = topk_expand_triton(*args, out=tuple(poisoned_like(t) for t in want))
     assert_matches(got, want, args)
 
 
@@ -303,15 +315,23 @@ def test_writes_only_its_outputs_whatever_the_values():
 
 
 def test_kernels_compile_for_sm90():
-    # Each logits dtype, with and without d2t, one tile and several chunks of several tiles, k = 1 and k > 8, and
-    # the widest tile (the GPU benchmarks' configuration).
+    # Each logits dtype, with and without d2t, one tile and several chunks of several tiles, k = 1 and k > 8, the
+    # widest tile (the GPU benchmarks' configuration at small batches) and the narrow one-warp plan of many rows.
     shapes = [
         Level(1, 1, 5, 1),
         Level(1, 2, 300, 3, torch.bfloat16, with_d2t=True),
         Level(2, 3, 70, 12, torch.float16),
         Level(1, 1, 9000, 10, torch.bfloat16),
     ]
-    assert_compiles_for_sm90(lambda: [topk_expand_triton(*level.inputs()) for level in shapes])
+    narrow = Level(1, 2, 1200, 10, torch.bfloat16, with_d2t=True)
+
+    def launch() -> None:
+        for level in shapes:
+            topk_expand_triton(*level.inputs())
+        with mock.patch.object(lowering, "NARROW_ROWS", 1):
+            topk_expand_triton(*narrow.inputs())
+
+    assert_compiles_for_sm90(launch)
 
 
 def test_benchmark_cases_run_on_tiny_shapes():
