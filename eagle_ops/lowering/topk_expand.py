@@ -238,9 +238,7 @@ def _plan(rows: int, frontier: int, vocab: int, k: int) -> _Plan:
         # At least 16 tiles per row when the row is long enough, so that a row can be split into chunks.
         block_v, num_warps = min(max(triton.next_power_of_2(triton.cdiv(vocab, 16)), 16), MAX_BLOCK_V), 4
         tiles = triton.cdiv(vocab, block_v)
-        # A chunk's first tiles fill its running top-k at a cost of a few reductions per element: two tiles or
-        # more per chunk keep that a fraction of the work.
-        chunks = min(triton.cdiv(TARGET_PROGRAMS, rows), triton.cdiv(tiles, 2), MAX_CHUNKS, merge_room)
+        chunks = min(triton.cdiv(TARGET_PROGRAMS, rows), tiles, MAX_CHUNKS, merge_room)
     tiles_per_chunk = triton.cdiv(tiles, chunks)
     return _Plan(block_v, tiles_per_chunk, triton.cdiv(tiles, tiles_per_chunk), num_warps)
 
