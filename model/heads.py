@@ -232,6 +232,20 @@ class _Head(nn.Module):
         self.rotary_emb = LlamaRotaryEmbedding(config.llama_config())
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size) if own_embedding else None
 
+    def rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin`` at ``position_ids`` (``[B, N]``) in ``x``'s dtype, as ``rotary_emb`` computes them.
+
+        The frequencies are an elementwise product, which the compiler fuses with the cos and sin: some
+        ``transformers`` versions form it as a float32 matmul, a GEMM launch of its own in every draft forward. The
+        product is exact either way. Dynamic rope types update their frequencies per call, so they keep the module.
+        """
+        if "dynamic" in self.rotary_emb.rope_type:
+            return self.rotary_emb(x, position_ids)
+        freqs = position_ids[..., None].float() * self.rotary_emb.inv_freq.float()
+        angles = torch.cat((freqs, freqs), dim=-1)
+        scaling = self.rotary_emb.attention_scaling
+        return (angles.cos() * scaling).to(x.dtype), (angles.sin() * scaling).to(x.dtype)
+
 
 class Eagle1Head(_Head):
     """EAGLE-1/2: ``fc`` over ``[embedding, feature]`` (2H -> H), one decoder layer, logits via the target's lm_head.
@@ -252,7 +266,7 @@ class Eagle1Head(_Head):
     ) -> torch.Tensor:
         """``embeds``, ``features`` ``[B, N, H]``, ``position_ids`` ``[B, N]`` -> the head's hidden ``[B, N, H]``."""
         x = self.fc(torch.cat((embeds, features.to(embeds.dtype)), dim=-1))
-        cos, sin = self.rotary_emb(x, position_ids)
+        cos, sin = self.rotary(x, position_ids)
         return self.layers[0](x, cos, sin, attend)
 
     def logits(self, hidden: torch.Tensor, target_lm_head: nn.Module) -> torch.Tensor:
@@ -287,7 +301,7 @@ class Eagle3Head(_Head):
     ) -> torch.Tensor:
         """``embeds`` ``[B, N, H]``; ``hidden`` ``[B, N, H]``: ``project(...)`` of the target's layer inputs, or
         the head's own previous output when drafting further; returns the head's hidden ``[B, N, H]`` (pre-norm)."""
-        cos, sin = self.rotary_emb(hidden, position_ids)
+        cos, sin = self.rotary(hidden, position_ids)
         return self.midlayer(embeds.to(hidden.dtype), hidden, cos, sin, attend)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -202,3 +202,27 @@ def test_heads_that_do_not_fit_the_target(target, tmp_path):
     (tmp_path / "weightless" / "config.json").write_text(json.dumps(head_config("eagle1").to_dict()))
     with pytest.raises(FileNotFoundError, match=r"no model\.safetensors or pytorch_model\.bin"):
         load_head(tmp_path / "weightless", target_config=model.config, dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        None,
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ],
+)
+@pytest.mark.parametrize("kind", ["eagle1", "eagle3"])
+def test_head_rotary_equals_the_llama_rotary_module(kind, rope):
+    fields = head_config(kind).to_dict() | ({"rope_scaling": rope} if rope else {})
+    head = make_head(HeadConfig.from_dict(fields))
+    positions = torch.randint(0, 5000, (2, 7), generator=torch.Generator().manual_seed(0))
+    x = torch.zeros(2, 7, head.config.hidden_size, dtype=torch.bfloat16)
+    for ours, theirs in zip(head.rotary(x, positions), head.rotary_emb(x, positions), strict=True):
+        assert ours.dtype == theirs.dtype == torch.bfloat16
+        assert torch.equal(ours, theirs)
