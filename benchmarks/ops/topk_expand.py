@@ -39,6 +39,18 @@ def _assert_agree(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
         assert torch.equal(got, want), f"topk_expand {name}: triton != reference"
 
 
+def _assert_same_frontier(got: Expansion, want: Expansion, k: int) -> int:
+    """The next frontier may differ from the reference's only where two level entries score the same within the
+    float tolerance: which one wins such a near tie depends on the last bits of two rows' log-sum-exps, summed in
+    different orders (the GPU's and torch's). Returns the number of sequences where the choice differs."""
+    picked = want.level_scores.gather(1, got.next_index)
+    _assert_agree("scores of the chosen entries", picked, want.next_scores)
+    _assert_agree("next_scores", got.next_scores, want.next_scores)
+    _assert_agree("next_tokens (against the level)", got.next_tokens, want.level_tokens.gather(1, got.next_index))
+    _assert_agree("next_parent", got.next_parent, got.next_index // k)
+    return int((got.next_index != want.next_index).any(1).sum())
+
+
 def _case(batch: int, vocab: int, with_d2t: bool, sizes: TopkExpandSizes, device, generator) -> Case:
     frontier, k = sizes.frontier, sizes.k
     logits = (4 * torch.randn(batch, frontier, vocab, generator=generator)).to(device, torch.bfloat16)
@@ -47,9 +59,11 @@ def _case(batch: int, vocab: int, with_d2t: bool, sizes: TopkExpandSizes, device
     args = (logits, frontier_scores, d2t, k)
 
     def check() -> None:
-        want = topk_expand_reference(*args)
-        for name, got, expected in zip(Expansion._fields, topk_expand_triton(*args), want, strict=True):
-            _assert_agree(name, got, expected)
+        want, got = Expansion(*topk_expand_reference(*args)), Expansion(*topk_expand_triton(*args))
+        for name in ("level_scores", "level_tokens"):
+            _assert_agree(name, getattr(got, name), getattr(want, name))
+        if near_ties := _assert_same_frontier(got, want, k):
+            print(f"topk_expand B={batch} Vd={vocab}: the next frontier differs at near ties in {near_ties}/{batch}")
 
     level, top = batch * frontier * k, batch * k
     return Case(
