@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh "$OUT" [pytest paths...]
 #   STAGES="baselines soak" bash benchmarks/gpu_check.sh "$OUT"
 # Stages (all by default, in this order; name fewer in STAGES to fit a device command's 10 minutes):
-#   tests      the CUDA tests with the large hypothesis profile (the paths given, else tests/ops)
+#   tests      the CUDA tests with the large hypothesis profile, a process per file (the paths given, else tests/ops)
 #   ops        every op's lowering against its reference (OPS narrows it: OPS=tree_attention,kv_copy_)
 #   baselines  end to end against transformers generate at B = 1 and B = 16
 #   soak       B = 16, at least 10,000 new tokens per sequence through the captured step
@@ -22,11 +22,23 @@ e2e() {  # e2e DIR ARGS...: one e2e call with its own results folder (e2e.md and
   mkdir -p "$dir"
   timeout 570 python -m benchmarks.e2e --out "$dir" "$@" 2>&1 | tee "$dir/e2e.log"
 }
+tests() {  # tests [PATHS...]: one pytest process per test file, side by side (the CPU side of the large profile is the
+  # slow part: tests/ops took 5 minutes in four processes on the H200, and did not finish in 5.5 one file after another)
+  local files=("${@:-tests/ops}") pids=() status=0
+  mapfile -t files < <(find "${files[@]}" -name 'test_*.py' | sort)
+  for file in "${files[@]}"; do
+    timeout 420 python -m pytest -q -p no:cacheprovider "$file" > "$out/gpu_tests_$(basename "$file" .py).log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  tail -n 2 "$out"/gpu_tests_*.log
+  return $status
+}
 failed=
 for stage in ${STAGES:-tests ops baselines soak e2e e2e_8b e2e_8b_16}; do
   echo "=== $stage"
   case $stage in
-    tests) timeout 300 python -m pytest -q -p no:cacheprovider "${@:-tests/ops}" 2>&1 | tee "$out/gpu_tests.log" | tail -n 30 ;;
+    tests) tests "$@" ;;
     ops) timeout 400 python -m benchmarks.ops --out "$out" ${OPS:+--ops "$OPS"} 2>&1 | tee "$out/bench.log" ;;
     baselines) timeout 570 python -m benchmarks.baselines --out "$out" --batch 1 16 2>&1 | tee "$out/baselines.log" ;;
     soak) timeout 300 python -m benchmarks.soak --out "$out" --batch 16 --tokens 10000 2>&1 | tee "$out/soak.log" ;;
