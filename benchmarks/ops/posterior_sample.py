@@ -9,8 +9,9 @@ from benchmarks.ops.posterior_greedy import GPU_SIZES, PosteriorSizes, random_st
 from eagle_ops.lowering.posterior_sample import posterior_sample_triton
 from eagle_ops.reference.posterior_sample import posterior_sample_reference
 
-# (temperature, top_k, top_p): plain sampling, and a common chat setting where both searches run.
-WARPERS = {"plain": (1.0, 0, 1.0), "top-k top-p": (0.7, 50, 0.9)}
+# (temperature, top_k, top_p): plain sampling, a common chat setting where both searches run, and top-p alone (its
+# search then runs over the whole vocabulary, not over the top-k survivors).
+WARPERS = {"plain": (1.0, 0, 1.0), "top-k top-p": (0.7, 50, 0.9), "top-p": (0.7, 0, 0.9)}
 
 
 def _case(step: tuple, warpers: str, generator: torch.Generator) -> Case:
