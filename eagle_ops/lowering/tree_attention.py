@@ -7,7 +7,7 @@ softmax. When ``B*Hkv`` programs cannot fill the GPU, the keys are split across 
 writes its unnormalised partial (row max, row sum, accumulator) to a workspace and a second kernel combines them.
 The split count comes from the shapes only (no host sync); the slices are cut from the actual readable length
 inside the kernel, so all splits of a sequence do equal work whatever ``cache_len`` is. A sequence uses only as
-many of them as give each at least ``_MIN_SPLIT_KEYS`` keys (the others return at once): a partial costs about as
+many of them as give each a minimum of keys (the others return at once; 512 or 128, below): a partial costs about as
 many bytes as a few hundred keys, so a short sequence is better served by one program per row block, which then
 writes the output itself, and the combine kernel leaves its rows alone.
 """
@@ -29,14 +29,19 @@ _SM_COUNT_OFF_GPU = 132  # an H100/H200, so that interpreter runs pick the split
 _TILE_BYTES = 16 * 1024
 _MAX_BLOCK_N = 64
 _PROGRAMS_PER_SM = 2
-# Too few programs (short batches): the keys are split across programs, one per SM, each with K and V tiles of up
-# to 32 KiB and three stages in flight while they fit the shared memory (measured on the H200 at B = 1 and 8192
-# cached tokens: 10% faster than two 16 KiB stages with twice the splits).
+# Too few programs (short batches) of 16-bit inputs with heads of 128 or more: the keys are split across programs,
+# one per SM, each with K and V tiles of up to 32 KiB and three stages in flight while they fit the shared memory.
+# Measured on the H200: at the 8B shape (Hq 32, Hkv 8, Dh 128, T = 60, B = 1) 10% faster than the tiles above at
+# 8192 cached tokens and 15% at 600; but 2x slower at Hq 6, Hkv 2, Dh 64 (the embedded model) and 20x slower in
+# float32, whose dot products run on the FMA units. Those keep the tiles above, split two programs per SM.
 _SPLIT_TILE_BYTES = 32 * 1024
 _SPLIT_MAX_BLOCK_N = 128
 _SHARED_MEMORY_BUDGET = 208 * 1024
-# A split's partial (Tq*G rows of Dh floats, written then read back) is worth its cost only over enough keys.
-_MIN_SPLIT_KEYS = 512
+# A split's partial (Tq*G rows of Dh floats, written then read back) is worth its cost only over enough keys: 512
+# with the wide tiles (17.6 against 18.3 us at 128 on the 8B shape over 600 keys), 128 otherwise (float32 at
+# Dh 64: 60 against 125 us at 512).
+_WIDE_MIN_SPLIT_KEYS = 512
+_MIN_SPLIT_KEYS = 128
 _COMBINE_ROWS = 16
 # The Triton interpreter does not do bfloat16 arithmetic as the GPU does (triton-lang/triton#11584: "we just don't
 # support it yet"): tl.dot multiplies the bit patterns and float32 -> bfloat16 casts truncate. Under it, bfloat16
@@ -53,6 +58,7 @@ class _LaunchConfig:
     num_splits: int
     num_warps: int
     num_stages: int
+    min_split_keys: int
 
 
 @functools.lru_cache
@@ -70,18 +76,18 @@ def _launch_config(
     block_d = max(triton.next_power_of_2(head_dim), 16)
     num_warps = 8 if block_m * block_d > 64 * 128 else 4
     programs = triton.cdiv(rows_per_group, block_m) * groups
-    split = programs * _PROGRAMS_PER_SM <= _sm_count(device)
-    tile_bytes = _SPLIT_TILE_BYTES if split else _TILE_BYTES
+    wide = programs * _PROGRAMS_PER_SM <= _sm_count(device) and element_size <= 2 and block_d >= 128
+    tile_bytes = _SPLIT_TILE_BYTES if wide else _TILE_BYTES
     widest = max(tile_bytes // (block_d * element_size), 16)
-    block_n = min(max(triton.next_power_of_2(capacity), 16), widest, _SPLIT_MAX_BLOCK_N if split else _MAX_BLOCK_N)
-    if not split:
+    block_n = min(max(triton.next_power_of_2(capacity), 16), widest, _SPLIT_MAX_BLOCK_N if wide else _MAX_BLOCK_N)
+    if not wide:
         # Whole waves only: one program too many would run alone in a second wave and double the time.
         num_splits = max(1, min(_PROGRAMS_PER_SM * _sm_count(device) // programs, triton.cdiv(capacity, block_n)))
-        return _LaunchConfig(block_m, block_n, block_d, num_splits, num_warps, num_stages=2)
+        return _LaunchConfig(block_m, block_n, block_d, num_splits, num_warps, 2, _MIN_SPLIT_KEYS)
     num_splits = max(1, min(_sm_count(device) // programs, triton.cdiv(capacity, block_n)))
     stage_bytes = 2 * block_n * block_d * element_size
     num_stages = 3 if block_m * block_d * element_size + 3 * stage_bytes <= _SHARED_MEMORY_BUDGET else 2
-    return _LaunchConfig(block_m, block_n, block_d, num_splits, num_warps, num_stages)
+    return _LaunchConfig(block_m, block_n, block_d, num_splits, num_warps, num_stages, _WIDE_MIN_SPLIT_KEYS)
 
 
 @triton.jit
@@ -352,7 +358,7 @@ def tree_attention_triton(
         total_rows=total_rows,
         HEAD_DIM=head_dim,
         NUM_SPLITS=config.num_splits,
-        MIN_SPLIT_KEYS=_MIN_SPLIT_KEYS,
+        MIN_SPLIT_KEYS=config.min_split_keys,
         EMULATE_BF16=emulate_bf16,
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
@@ -373,7 +379,7 @@ def tree_attention_triton(
             capacity=capacity,
             HEAD_DIM=head_dim,
             NUM_SPLITS=config.num_splits,
-            MIN_SPLIT_KEYS=_MIN_SPLIT_KEYS,
+            MIN_SPLIT_KEYS=config.min_split_keys,
             EMULATE_BF16=emulate_bf16,
             BLOCK_N=config.block_n,
             BLOCK_R=_COMBINE_ROWS,

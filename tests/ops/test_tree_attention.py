@@ -141,6 +141,7 @@ def pinned(test):
         Problem(cache_len=(14,), capacity=20, queries=6, tree_len=6, kv_heads=1, group=1, mask="chain"),  # full
         Problem(cache_len=(100, 37), capacity=150, queries=4, tree_len=4, sharpness=8.0),  # 3 splits, ragged S
         Problem(cache_len=(120, 3), capacity=150, queries=2, tree_len=4, group=4),  # several splits beside one
+        Problem(cache_len=(90,), capacity=140, queries=3, tree_len=3, head_dim=128, dtype=torch.bfloat16),  # wide
         Problem(cache_len=(0, 5), capacity=24, queries=3, tree_len=3, mask="none"),  # b=0 sees nothing: zeros
     ):
         test = example(problem=problem)(test)
@@ -151,7 +152,7 @@ def pinned(test):
 def short_splits() -> Iterator[None]:
     """Split keys into slices of 16: the lowering's own minimum (512 keys, 128-key blocks) leaves the small shapes
     here in one slice."""
-    with mock.patch.object(lowering, "_MIN_SPLIT_KEYS", 16), mock.patch.object(lowering, "_SPLIT_MAX_BLOCK_N", 16):
+    with mock.patch.multiple(lowering, _MIN_SPLIT_KEYS=16, _WIDE_MIN_SPLIT_KEYS=16, _SPLIT_MAX_BLOCK_N=16):
         yield
 
 
