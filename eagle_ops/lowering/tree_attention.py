@@ -34,8 +34,8 @@ _PROGRAMS_PER_SM = 2
 # Measured on the H200: at the 8B shape (Hq 32, Hkv 8, Dh 128, T = 60, B = 1) 10% faster than the tiles above at
 # 8192 cached tokens and 15% at 600; but 2x slower at Hq 6, Hkv 2, Dh 64 (the embedded model) and 20x slower in
 # float32, whose dot products run on the FMA units. Those keep the tiles above, split two programs per SM.
-_SPLIT_TILE_BYTES = 32 * 1024
-_SPLIT_MAX_BLOCK_N = 128
+_WIDE_TILE_BYTES = 32 * 1024
+_WIDE_MAX_BLOCK_N = 128
 _SHARED_MEMORY_BUDGET = 208 * 1024
 # A split's partial (Tq*G rows of Dh floats, written then read back) is worth its cost only over enough keys: 512
 # with the wide tiles (17.6 against 18.3 us at 128 on the 8B shape over 600 keys), 128 otherwise (float32 at
@@ -77,9 +77,9 @@ def _launch_config(
     num_warps = 8 if block_m * block_d > 64 * 128 else 4
     programs = triton.cdiv(rows_per_group, block_m) * groups
     wide = programs * _PROGRAMS_PER_SM <= _sm_count(device) and element_size <= 2 and block_d >= 128
-    tile_bytes = _SPLIT_TILE_BYTES if wide else _TILE_BYTES
+    tile_bytes = _WIDE_TILE_BYTES if wide else _TILE_BYTES
     widest = max(tile_bytes // (block_d * element_size), 16)
-    block_n = min(max(triton.next_power_of_2(capacity), 16), widest, _SPLIT_MAX_BLOCK_N if wide else _MAX_BLOCK_N)
+    block_n = min(max(triton.next_power_of_2(capacity), 16), widest, _WIDE_MAX_BLOCK_N if wide else _MAX_BLOCK_N)
     if not wide:
         # Whole waves only: one program too many would run alone in a second wave and double the time.
         num_splits = max(1, min(_PROGRAMS_PER_SM * _sm_count(device) // programs, triton.cdiv(capacity, block_n)))

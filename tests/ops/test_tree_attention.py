@@ -152,7 +152,7 @@ def pinned(test):
 def short_splits() -> Iterator[None]:
     """Split keys into slices of 16: the lowering's own minimum (512 keys, 128-key blocks) leaves the small shapes
     here in one slice."""
-    with mock.patch.multiple(lowering, _MIN_SPLIT_KEYS=16, _WIDE_MIN_SPLIT_KEYS=16, _SPLIT_MAX_BLOCK_N=16):
+    with mock.patch.multiple(lowering, _MIN_SPLIT_KEYS=16, _WIDE_MIN_SPLIT_KEYS=16, _WIDE_MAX_BLOCK_N=16):
         yield
 
 
