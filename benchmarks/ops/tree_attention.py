@@ -31,6 +31,11 @@ class TreeAttentionSizes:
 
 
 GPU_SIZES = TreeAttentionSizes()
+# The embedded model's attention (Hq 6, Hkv 2, Dh 64) in float32, as the fp32 step checks run it: a configuration
+# that was fast at the 8B shape was 20x slower here once, so both are timed.
+SMALL_HEAD_FP32_SIZES = TreeAttentionSizes(
+    batches=(1, 4), cache_lens=(1024,), q_heads=6, kv_heads=2, head_dim=64, dtype=torch.float32
+)
 # bf16 output and bf16 probabilities before P·V each round by at most 2^-8 relative (see the op's tests).
 AGREEMENT = 1e-2
 
@@ -92,7 +97,10 @@ def _case(
     kv_bytes = 2 * visible_slots * kv_heads * head_dim * k_cache.element_size()
     return Case(
         op="tree_attention",
-        label=f"B={batch} cache={int(cache_len.max())} S={capacity} T={queries}",
+        label=(
+            f"B={batch} cache={int(cache_len.max())} S={capacity} T={queries} "
+            f"Hq={q_heads} Hkv={kv_heads} Dh={head_dim} {str(q.dtype).removeprefix('torch.')}"
+        ),
         candidates={
             "reference": lambda: tree_attention_reference(*args),
             "triton": lambda: tree_attention_triton(*args),
@@ -104,7 +112,10 @@ def _case(
     )
 
 
-def cases(device: torch.device | str, sizes: TreeAttentionSizes = GPU_SIZES) -> list[Case]:
+def cases(device: torch.device | str, sizes: TreeAttentionSizes | None = None) -> list[Case]:
+    """The cases of ``sizes``; by default those of GPU_SIZES, then of SMALL_HEAD_FP32_SIZES."""
+    if sizes is None:
+        return cases(device, GPU_SIZES) + cases(device, SMALL_HEAD_FP32_SIZES)
     generator = torch.Generator().manual_seed(0)
     capacities = [length + sizes.headroom for length in sizes.cache_lens]
     # One K/V buffer sized for the largest case; every case views its start (the inputs are only read).
