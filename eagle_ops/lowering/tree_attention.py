@@ -246,13 +246,12 @@ def tree_attention_kernel(
                 BLOCK_D=BLOCK_D,
             )  # fmt: skip
 
-        # Two branches, not one `or`: with NUM_SPLITS == 1 the partial pointers are None, and only a constexpr
-        # branch of its own keeps the partial stores out of the compiled kernel.
-        if NUM_SPLITS == 1:  # noqa: SIM114
+        # One slice: the program owns its rows and stores the output. Several: it stores its partial for the combine
+        # kernel; the constexpr test keeps those stores (whose pointers are None with NUM_SPLITS == 1) out of the
+        # unsplit kernel.
+        if used_splits == 1:
             _store_output(out_ptr, global_rows, dims, acc, row_sum, row_dim_mask, HEAD_DIM, EMULATE_BF16)
-        elif used_splits == 1:
-            _store_output(out_ptr, global_rows, dims, acc, row_sum, row_dim_mask, HEAD_DIM, EMULATE_BF16)
-        else:
+        if NUM_SPLITS > 1 and used_splits > 1:
             partial_rows = split.to(tl.int64) * total_rows + global_rows
             tl.store(partial_acc_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_dim_mask)
             tl.store(partial_max_ptr + partial_rows, row_max, mask=row_ok)
