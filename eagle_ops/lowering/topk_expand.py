@@ -1,15 +1,15 @@
-"""Triton lowering of `topk_expand`: one streaming pass over vocabulary chunks, then one tiny merge per sequence.
+"""Triton lowering of `topk_expand`: one kernel, one program per (frontier row, vocabulary chunk).
 
-Stage 1 (:func:`topk_expand_kernel_chunk`, one program per (frontier row, vocabulary chunk)) reads its chunk once,
-keeping the running max, the sum of ``exp(logit - max)`` rescaled as the max grows (online softmax) and a running
-top-k of the raw logits (the top-k of the logits is the top-k of the log-probs). Stage 2
-(:func:`topk_expand_kernel_merge`, one program per sequence) merges the chunks of its F rows into log-sum-exps and
-child lists, scores the children and picks the next frontier among the F*k of them. Log-softmax over the
-vocabulary is never materialised; splitting rows into chunks fills the GPU when B*F is small.
+Each program reads its chunk once as groups of consecutive logits, keeping an online softmax (the running max and
+the sum of ``exp(logit - max)``, rescaled as the max grows) and every group's max. The chunk's top k logits lie in
+its k groups of largest max, so it then ranks the logits of those groups only, read again from L2 (the top-k of
+the logits is the top-k of the log-probs). The last program to finish a row's chunks merges them into the row's
+log-sum-exp and children; the last to finish a sequence's F rows scores their children into the level and picks
+the next frontier among the F*k of them. Log-softmax over the vocabulary is never materialised; splitting rows
+into chunks fills the GPU when B*F is small, and the merges of early rows overlap the streaming of the others.
 
-Every ranking compares int64 keys packing (score, index) so that one max finds the best element and breaks ties
-by the smaller index: stage 1 keeps an unordered running top-k whose minimum the tile's best elements replace,
-stage 2 takes k rounds of (max, remove it).
+Every ranking compares int64 keys packing (score, index), so that one max finds the best element and breaks ties
+by the smaller index, and takes k rounds of (max, remove it).
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ from eagle_ops._checks import Signature
 
 INT32_MAX = 2**31 - 1
 INDEX_FLIP = tl.constexpr(INT32_MAX)  # a key's low half is INDEX_FLIP - index: the smaller index, the larger key
-# Keys (see `_pack`) below every key of a real element: a removed or absent element, and the base of the distinct
-# placeholders that fill a running top-k before k elements arrived.
-NO_KEY = tl.constexpr(-(2**63))
-FREE_KEY = tl.constexpr(-(2**63) + 1)
-FILLED = tl.constexpr(-(2**63) + 1 + 64)  # a running top-k whose minimum is at least this holds k real keys (k <= 64)
-NEVER_MIN = tl.constexpr(2**63 - 1)
+LOG2E = tl.constexpr(1.4426950408889634)
+NO_KEY = tl.constexpr(-(2**63))  # below every key of a real element: a removed or absent one
 
 
 @triton.jit
@@ -58,119 +54,143 @@ def _unpack_index(key):
 
 
 @triton.jit
-def topk_expand_kernel_chunk(
-    logits_ptr,  # [B*F, Vd] fp32 / fp16 / bf16
-    chunk_max_ptr,  # [B*F, C] f32
-    chunk_sum_ptr,  # [B*F, C] f32
-    top_key_ptr,  # [B*F, C*k] i64
-    vocab_size,
-    k,
-    num_chunks,
-    tiles_per_chunk,
-    BLOCK_V: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
-    lanes = tl.arange(0, BLOCK_V)
-    k_lanes = tl.arange(0, BLOCK_K)
-    # The running top-k as an unordered set of keys, started with distinct placeholders; lanes past k are never
-    # its minimum, so they are never replaced.
-    top = tl.where(k_lanes < k, FREE_KEY + k_lanes.to(tl.int64), NEVER_MIN)
-    top_min = tl.min(top, axis=0)
-    running_max = float("-inf")
-    running_sum = 0.0
-    first = chunk * tiles_per_chunk * BLOCK_V
-    for tile in range(tl.minimum(tiles_per_chunk, tl.cdiv(vocab_size - first, BLOCK_V))):
-        vocab = first + tile * BLOCK_V + lanes
-        in_row = vocab < vocab_size
-        x = tl.load(logits_ptr + row * vocab_size + vocab, mask=in_row, other=float("-inf")).to(tl.float32)
-        # A NaN or +inf logit turns the sum NaN (exp(NaN), or inf - inf once the max is +inf): the row is then not
-        # valid and the merge ignores its ranking, so such logits need no special case here.
-        tile_max = tl.max(x, axis=0)
-        new_max = tl.maximum(running_max, tile_max)
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # every logit so far -inf: every exp is 0
-        running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(x - shift), axis=0)
-        running_max = new_max
-        # Only a tile whose max beats the running minimum can change the top-k (an equal score loses: its index is
-        # larger), so most tiles skip the ranking. While fewer than k elements arrived, every tile is ranked.
-        if (top_min < FILLED) | (tile_max > _unpack_score(top_min)):
-            key = tl.where(in_row, _pack(x, vocab), NO_KEY)
-            best = tl.max(key, axis=0)
-            # The tile's elements in ranking order replace the running minimum while they beat it.
-            while best > top_min:
-                top = tl.where(top == top_min, best, top)
-                top_min = tl.min(top, axis=0)
-                key = tl.where(key == best, NO_KEY, key)
-                best = tl.max(key, axis=0)
-    stat = row * num_chunks + chunk
-    tl.store(chunk_max_ptr + stat, running_max)
-    tl.store(chunk_sum_ptr + stat, running_sum)
-    tl.store(top_key_ptr + stat * k + k_lanes, top, mask=k_lanes < k)
+def _arrive(ticket_ptr, arrivals):
+    """True in the program that arrives last of ``arrivals``; the stores of the others are then visible to it.
+
+    Every thread's stores are issued before the barrier, and the atomic's release (acquire in the last program)
+    orders them at GPU scope before what the last program reads next.
+    """
+    tl.debug_barrier()
+    return tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == arrivals - 1
 
 
 @triton.jit
-def _row_log_sum_exp(chunk_max_ptr, chunk_sum_ptr, rows, in_frontier, num_chunks, BLOCK_C: tl.constexpr):
-    """``(log-sum-exp, valid)`` of every row from its chunks' (max, sum); 0 where the row is not valid."""
-    chunks = tl.arange(0, BLOCK_C)
-    present = in_frontier[:, None] & (chunks < num_chunks)[None, :]
-    stats = rows[:, None] * num_chunks + chunks[None, :]
-    chunk_max = tl.load(chunk_max_ptr + stats, mask=present, other=float("-inf"))
-    chunk_sum = tl.load(chunk_sum_ptr + stats, mask=present, other=0.0)
-    row_max = tl.max(chunk_max, axis=1)
-    shift = tl.where(row_max == float("-inf"), 0.0, row_max)
-    row_sum = tl.sum(chunk_sum * tl.exp(chunk_max - shift[:, None]), axis=1)
-    # Not valid: every logit -inf (the sum is 0) or a NaN or +inf logit (the sum is NaN). A valid sum is >= 1.
-    valid = (row_max > float("-inf")) & (row_sum == row_sum)
-    return shift + tl.log(tl.where(valid, row_sum, 1.0)), valid
+def _log_sum_exp(max_, sum_):
+    """log(sum_) + max_, or NaN where the row is not valid: every logit -inf (the sum is 0) or a NaN or +inf logit
+    (the sum is NaN). A valid sum is >= 1."""
+    shift = tl.where(max_ == float("-inf"), 0.0, max_)
+    valid = (max_ > float("-inf")) & (sum_ == sum_)
+    return tl.where(valid, shift + tl.log(tl.where(valid, sum_, 1.0)), float("nan"))
 
 
 @triton.jit
-def _top_k_of_rows(keys, k, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``[BLOCK_F, BLOCK_K]``: the k largest keys of every row of ``keys``, largest first."""
-    ranks = tl.arange(0, BLOCK_K)[None, :]
-    top = tl.full([BLOCK_F, BLOCK_K], NO_KEY, tl.int64)
+def _top_k(keys, k, BLOCK_K: tl.constexpr):
+    """``[BLOCK_K]``: the k largest of the 2-D ``keys``, largest first (then NO_KEY)."""
+    lanes = tl.arange(0, BLOCK_K)
+    top = tl.full([BLOCK_K], NO_KEY, tl.int64)
     for rank in range(k):
-        best = tl.max(keys, axis=1)
-        top = tl.where(ranks == rank, best[:, None], top)
-        keys = tl.where(keys == best[:, None], NO_KEY, keys)
+        best = tl.max(tl.max(keys, axis=1), axis=0)
+        top = tl.where(lanes == rank, best, top)
+        keys = tl.where(keys == best, NO_KEY, keys)
     return top
 
 
 @triton.jit
-def topk_expand_kernel_merge(
-    chunk_max_ptr,  # [B*F, C] f32
-    chunk_sum_ptr,  # [B*F, C] f32
-    top_key_ptr,  # [B*F, C*k] i64
-    frontier_ptr,  # [B, F] f32
-    d2t_ptr,  # [Vd] i64, or None
-    level_scores_ptr,  # [B, F*k] f32
-    level_tokens_ptr,  # [B, F*k] i64
-    next_scores_ptr,  # [B, k] f32
-    next_tokens_ptr,  # [B, k] i64
-    next_parent_ptr,  # [B, k] i64
-    next_index_ptr,  # [B, k] i64
+def _stream_tile(x, tile, lane_max, lane_sum, group_max, tile_slots):
+    """Fold one ``[groups, GROUP]`` tile of float32 logits into the per-lane online softmax and the group maxima."""
+    # A NaN or +inf logit turns the sum NaN (exp(NaN), or inf - inf once the max is +inf): the row is then not
+    # valid and its ranking is not used, so such logits need no special case here.
+    tile_group_max = tl.max(x, axis=1)
+    new_max = tl.maximum(lane_max, tile_group_max)
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # every logit so far -inf: every exp is 0
+    # The rescale is exactly 1 while the max stands (a rounding there would compound over the tiles); each term is
+    # one fused multiply-add and an exp2.
+    rescale = tl.exp2((lane_max - shift) * LOG2E)
+    lane_sum = lane_sum * rescale + tl.sum(tl.exp2(x * LOG2E - (shift * LOG2E)[:, None]), axis=1)
+    group_max = tl.where(tile_slots[None, :] == tile, tile_group_max[:, None], group_max)
+    return new_max, lane_sum, group_max
+
+
+@triton.jit
+def _rank_chunk(row_ptr, first, num_tiles, vocab_size, k, GROUP, GROUPS_PER_TILE, BLOCK_TILES, BLOCK_K):
+    """``(max, sum of exp(logit - max), top keys [BLOCK_K])`` of the chunk of ``num_tiles`` tiles from ``first``."""
+    offsets = tl.arange(0, GROUPS_PER_TILE)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    tile_slots = tl.arange(0, BLOCK_TILES)
+    tile_span = GROUPS_PER_TILE * GROUP
+    # Pass 1 streams the chunk as tiles of GROUPS_PER_TILE groups of GROUP logits, keeping per group lane an online
+    # softmax (max, sum of exp(logit - max)) and every group's max, [group lane, tile]; no step needs other warps.
+    # Tiles wholly inside the vocabulary load without a mask.
+    lane_max = tl.full([GROUPS_PER_TILE], float("-inf"), tl.float32)
+    lane_sum = tl.zeros([GROUPS_PER_TILE], tl.float32)
+    group_max = tl.full([GROUPS_PER_TILE, BLOCK_TILES], float("-inf"), tl.float32)
+    full_tiles = tl.minimum(num_tiles, (vocab_size - first) // tile_span)
+    for tile in range(full_tiles):
+        x = tl.load(row_ptr + first + tile * tile_span + offsets).to(tl.float32)
+        lane_max, lane_sum, group_max = _stream_tile(x, tile, lane_max, lane_sum, group_max, tile_slots)
+    for tile in range(full_tiles, num_tiles):
+        vocab = first + tile * tile_span + offsets
+        x = tl.load(row_ptr + vocab, mask=vocab < vocab_size, other=float("-inf")).to(tl.float32)
+        lane_max, lane_sum, group_max = _stream_tile(x, tile, lane_max, lane_sum, group_max, tile_slots)
+    chunk_max = tl.max(lane_max, axis=0)
+    chunk_shift = tl.where(chunk_max == float("-inf"), 0.0, chunk_max)
+    chunk_sum = tl.sum(lane_sum * tl.exp(lane_max - chunk_shift), axis=0)
+
+    # The chunk's top k logits lie in its k best groups, ranked by (group max, then smaller group id): a logit of
+    # any other group has k logits above it, the maxima of those k groups. So pass 2 ranks only them.
+    group_ids = tile_slots[None, :] * GROUPS_PER_TILE + tl.arange(0, GROUPS_PER_TILE)[:, None]
+    in_chunk = (tile_slots[None, :] < num_tiles) & (first + group_ids * GROUP < vocab_size)
+    best_groups = _top_k(tl.where(in_chunk, _pack(group_max, group_ids), NO_KEY), k, BLOCK_K)
+
+    # Pass 2 reads those groups again (from L2: the chunk was just read) and ranks their logits. A chunk of fewer
+    # than k groups ranks all of them; a chunk of fewer than k logits leaves NO_KEY lanes.
+    present = best_groups != NO_KEY
+    vocab = first + tl.where(present, _unpack_index(best_groups), 0)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    readable = present[:, None] & (vocab < vocab_size)
+    x = tl.load(row_ptr + vocab, mask=readable, other=float("-inf")).to(tl.float32)
+    top = _top_k(tl.where(readable, _pack(x, vocab), NO_KEY), k, BLOCK_K)
+    return chunk_max, chunk_sum, top
+
+
+@triton.jit
+def _merge_row(chunk_max_ptr, chunk_sum_ptr, chunk_key_ptr, row, k, num_chunks, BLOCK_C, BLOCK_N, BLOCK_K):
+    """``(log-sum-exp or NaN, top keys [BLOCK_K])`` of a row from its chunks' results."""
+    chunks = tl.arange(0, BLOCK_C)
+    stats = row * num_chunks + chunks
+    in_row = chunks < num_chunks
+    # .cg: read at L2, where the other programs' stores are (this SM's L1 is not coherent with them).
+    chunk_max = tl.load(chunk_max_ptr + stats, mask=in_row, other=float("-inf"), cache_modifier=".cg")
+    chunk_sum = tl.load(chunk_sum_ptr + stats, mask=in_row, other=0.0, cache_modifier=".cg")
+    row_max = tl.max(chunk_max, axis=0)
+    shift = tl.where(row_max == float("-inf"), 0.0, row_max)
+    row_sum = tl.sum(chunk_sum * tl.exp(chunk_max - shift), axis=0)
+    candidates = tl.arange(0, BLOCK_N)
+    keys = tl.load(
+        chunk_key_ptr + row * num_chunks * k + candidates,
+        mask=candidates < num_chunks * k,
+        other=NO_KEY,
+        cache_modifier=".cg",
+    )
+    return _log_sum_exp(row_max, row_sum), _top_k(keys[None, :], k, BLOCK_K)
+
+
+@triton.jit
+def _expand_sequence(
+    seq,
+    row_lse_ptr,
+    row_key_ptr,
+    frontier_ptr,
+    d2t_ptr,
+    level_scores_ptr,
+    level_tokens_ptr,
+    next_scores_ptr,
+    next_tokens_ptr,
+    next_parent_ptr,
+    next_index_ptr,
     frontier_size,
     vocab_size,
     k,
-    num_chunks,
     BLOCK_F: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    seq = tl.program_id(0).to(tl.int64)
+    """Score the children of a sequence's F rows into the level, then pick its next frontier."""
     nodes = tl.arange(0, BLOCK_F)
     rows = seq * frontier_size + nodes
     in_frontier = nodes < frontier_size
-    log_sum_exp, valid = _row_log_sum_exp(chunk_max_ptr, chunk_sum_ptr, rows, in_frontier, num_chunks, BLOCK_C)
-    candidates = tl.arange(0, BLOCK_N)
-    present = in_frontier[:, None] & (candidates < num_chunks * k)[None, :]
-    chunk_keys = tl.load(top_key_ptr + rows[:, None] * num_chunks * k + candidates[None, :], mask=present, other=NO_KEY)
-    children = _top_k_of_rows(chunk_keys, k, BLOCK_F, BLOCK_K)
-
     ranks = tl.arange(0, BLOCK_K)[None, :]
     in_level = in_frontier[:, None] & (ranks < k)
+    log_sum_exp = tl.load(row_lse_ptr + rows, mask=in_frontier, other=0.0, cache_modifier=".cg")
+    children = tl.load(row_key_ptr + rows[:, None] * k + ranks, mask=in_level, other=NO_KEY, cache_modifier=".cg")
+    valid = log_sum_exp == log_sum_exp
     # A row that is not valid has a NaN log-softmax everywhere: all its children rank equal, so they are ids 0..k-1.
     tokens = tl.where(valid[:, None], _unpack_index(children), ranks).to(tl.int64)
     child_logp = tl.where(valid[:, None], _unpack_score(children) - log_sum_exp[:, None], float("-inf"))
@@ -184,13 +204,8 @@ def topk_expand_kernel_merge(
     tl.store(level_scores_ptr + level + flat, scores, mask=in_level)
     tl.store(level_tokens_ptr + level + flat, tokens, mask=in_level)
 
-    keys = tl.where(in_level, _pack(scores, flat), NO_KEY)
+    chosen = _top_k(tl.where(in_level, _pack(scores, flat), NO_KEY), k, BLOCK_K)
     lanes = tl.arange(0, BLOCK_K)
-    chosen = tl.full([BLOCK_K], NO_KEY, tl.int64)
-    for rank in range(k):
-        best = tl.max(tl.max(keys, axis=1), axis=0)
-        chosen = tl.where(lanes == rank, best, chosen)
-        keys = tl.where(keys == best, NO_KEY, keys)
     in_top = lanes < k
     next_index = tl.where(in_top, _unpack_index(chosen), 0)
     out = seq * k + lanes
@@ -202,45 +217,103 @@ def topk_expand_kernel_merge(
     tl.store(next_index_ptr + out, next_index.to(tl.int64), mask=in_top)
 
 
-# Few rows (small batches): about eight 4-warp programs per SM of an H100 / H200 (132 SMs), the rows split into
-# up to 16 chunks of wide tiles so that every SM has work.
-TARGET_PROGRAMS = 1024
-MAX_BLOCK_V = 2048
+@triton.jit
+def topk_expand_kernel(
+    logits_ptr,  # [B*F, Vd] fp32 / fp16 / bf16
+    frontier_ptr,  # [B, F] f32
+    d2t_ptr,  # [Vd] i64, or None
+    chunk_max_ptr,  # [B*F, C] f32, or None with one chunk
+    chunk_sum_ptr,  # [B*F, C] f32, or None
+    chunk_key_ptr,  # [B*F, C*k] i64, or None
+    row_lse_ptr,  # [B*F] f32
+    row_key_ptr,  # [B*F, k] i64
+    tickets_ptr,  # [B*F + B] i32, zero: arrivals per row, then per sequence
+    level_scores_ptr,  # [B, F*k] f32
+    level_tokens_ptr,  # [B, F*k] i64
+    next_scores_ptr,  # [B, k] f32
+    next_tokens_ptr,  # [B, k] i64
+    next_parent_ptr,  # [B, k] i64
+    next_index_ptr,  # [B, k] i64
+    num_rows,
+    frontier_size,
+    vocab_size,
+    k,
+    num_chunks,
+    tiles_per_chunk,
+    GROUP: tl.constexpr,
+    GROUPS_PER_TILE: tl.constexpr,
+    BLOCK_TILES: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    first = chunk * tiles_per_chunk * GROUPS_PER_TILE * GROUP
+    num_tiles = tl.minimum(tiles_per_chunk, tl.cdiv(vocab_size - first, GROUPS_PER_TILE * GROUP))
+    chunk_max, chunk_sum, top = _rank_chunk(
+        logits_ptr + row * vocab_size, first, num_tiles, vocab_size, k, GROUP, GROUPS_PER_TILE, BLOCK_TILES, BLOCK_K
+    )
+    lanes = tl.arange(0, BLOCK_K)
+    # The last program to finish a row's chunks merges the row, and the last to finish a sequence's rows expands
+    # the sequence: one launch, and the merges of early rows overlap the streaming of others.
+    log_sum_exp = _log_sum_exp(chunk_max, chunk_sum)  # the row's, when the row is one chunk
+    if chunk_key_ptr is None:
+        row_done = True
+    else:
+        stat = row * num_chunks + chunk
+        tl.store(chunk_max_ptr + stat, chunk_max)
+        tl.store(chunk_sum_ptr + stat, chunk_sum)
+        tl.store(chunk_key_ptr + stat * k + lanes, top, mask=lanes < k)
+        row_done = _arrive(tickets_ptr + row, num_chunks)
+        if row_done:
+            log_sum_exp, top = _merge_row(
+                chunk_max_ptr, chunk_sum_ptr, chunk_key_ptr, row, k, num_chunks, BLOCK_C, BLOCK_N, BLOCK_K
+            )
+    if row_done:
+        tl.store(row_lse_ptr + row, log_sum_exp)
+        tl.store(row_key_ptr + row * k + lanes, top, mask=lanes < k)
+        seq = row // frontier_size
+        if _arrive(tickets_ptr + num_rows + seq, frontier_size):
+            _expand_sequence(
+                seq, row_lse_ptr, row_key_ptr, frontier_ptr, d2t_ptr, level_scores_ptr, level_tokens_ptr,
+                next_scores_ptr, next_tokens_ptr, next_parent_ptr, next_index_ptr, frontier_size, vocab_size, k,
+                BLOCK_F, BLOCK_K,
+            )  # fmt: skip
+
+
+# A program reads tiles of up to MAX_TILE logits (16 per thread of its NUM_WARPS warps). Rows split into chunks
+# until about TARGET_PROGRAMS programs run (more only for chunks of over MAX_TILES_PER_CHUNK tiles, at most
+# MAX_CHUNKS): on the H200 (132 SMs) one chunk per row was fastest at B*F = 640 and two at 160. Groups are at least
+# MIN_GROUP logits, wider where a chunk would hold more than MAX_GROUP_SLOTS group maxima: its ranking of groups is
+# k passes over all of them. Measured at B = 1, 16, 64, F = 10, Vd = 32000 and 128256 (runs in BENCHMARKS.md).
+MAX_TILE = 2048
+NUM_WARPS = 4
+TARGET_PROGRAMS = 320
+MAX_TILES_PER_CHUNK = 64
 MAX_CHUNKS = 16
-# Many rows (large batches): the rows alone fill the GPU, and a program is latency-bound on the dependent reductions
-# of its running top-k. One-warp programs over 512-wide tiles keep those reductions within a warp, and chunks of
-# about 32 tiles (at most 4 per row) keep the merge small: 1.4x faster than the wide plan at B = 64, F = 10 on the
-# H200, for both Vd = 32000 and 128256.
-NARROW_ROWS = 256
-NARROW_BLOCK_V = 512
-NARROW_TILES_PER_CHUNK = 32
-NARROW_MAX_CHUNKS = 4
-# Stage 2 holds every row's chunk candidates, [F, chunks * k] int64 keys, in registers at once.
-MERGE_CANDIDATES = 4096
+MIN_GROUP = 32
+MAX_GROUP_SLOTS = 2048
 
 
 @dataclass(frozen=True)
 class _Plan:
-    block_v: int
+    group: int
+    groups_per_tile: int
     tiles_per_chunk: int
     num_chunks: int
-    num_warps: int
 
 
-def _plan(rows: int, frontier: int, vocab: int, k: int) -> _Plan:
-    """Tile width, chunking and warps of stage 1, from the shapes alone (deterministic launches)."""
-    merge_room = max(1, MERGE_CANDIDATES // (triton.next_power_of_2(frontier) * k))
-    if rows >= NARROW_ROWS:
-        block_v, num_warps = min(NARROW_BLOCK_V, triton.next_power_of_2(vocab)), 1
-        tiles = triton.cdiv(vocab, block_v)
-        chunks = min(triton.cdiv(tiles, NARROW_TILES_PER_CHUNK), NARROW_MAX_CHUNKS, merge_room)
-    else:
-        # At least 16 tiles per row when the row is long enough, so that a row can be split into chunks.
-        block_v, num_warps = min(max(triton.next_power_of_2(triton.cdiv(vocab, 16)), 16), MAX_BLOCK_V), 4
-        tiles = triton.cdiv(vocab, block_v)
-        chunks = min(triton.cdiv(TARGET_PROGRAMS, rows), tiles, MAX_CHUNKS, merge_room)
-    tiles_per_chunk = triton.cdiv(tiles, chunks)
-    return _Plan(block_v, tiles_per_chunk, triton.cdiv(tiles, tiles_per_chunk), num_warps)
+def _plan(rows: int, vocab: int) -> _Plan:
+    """Group and tile sizes and chunking, from the shapes alone (deterministic launches)."""
+    tile = min(MAX_TILE, triton.next_power_of_2(vocab))
+    tiles = triton.cdiv(vocab, tile)
+    wanted = max(triton.cdiv(TARGET_PROGRAMS, rows), triton.cdiv(tiles, MAX_TILES_PER_CHUNK))
+    tiles_per_chunk = triton.cdiv(tiles, min(wanted, MAX_CHUNKS, tiles))
+    narrowest = tile * triton.next_power_of_2(tiles_per_chunk) // MAX_GROUP_SLOTS
+    group = min(tile, max(MIN_GROUP, narrowest))
+    return _Plan(group, tile // group, tiles_per_chunk, triton.cdiv(tiles, tiles_per_chunk))
 
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -280,52 +353,49 @@ def topk_expand_triton(
     k: int,
     out: Outputs | None = None,
 ) -> Outputs:
-    """Launch both stages; ``out`` takes the six preallocated outputs, in the op's order."""
+    """Launch the kernel; ``out`` takes the six preallocated outputs, in the op's order."""
     batch, frontier, vocab = logits.shape
-    if vocab > INT32_MAX - MAX_BLOCK_V:
+    if vocab > INT32_MAX - MAX_TILE:
         raise ValueError(f"eagle_ops.topk_expand: the lowering indexes the vocabulary with int32, got Vd = {vocab}")
     if out is None:
         out = empty_outputs(logits, k)
     else:
         _check_out(logits, k, out)
     rows = batch * frontier
-    plan = _plan(rows, frontier, vocab, k)
-    chunk_max = torch.empty((rows, plan.num_chunks), dtype=torch.float32, device=logits.device)
-    chunk_sum = torch.empty_like(chunk_max)
-    top_key = torch.empty((rows, plan.num_chunks * k), dtype=torch.int64, device=logits.device)
-    topk_expand_kernel_chunk[(rows, plan.num_chunks)](
-        logits_ptr=logits,
-        chunk_max_ptr=chunk_max,
-        chunk_sum_ptr=chunk_sum,
-        top_key_ptr=top_key,
-        vocab_size=vocab,
-        k=k,
-        num_chunks=plan.num_chunks,
-        tiles_per_chunk=plan.tiles_per_chunk,
-        BLOCK_V=plan.block_v,
-        BLOCK_K=triton.next_power_of_2(k),
-        num_warps=plan.num_warps,
-    )
-    level_scores, level_tokens, next_scores, next_tokens, next_parent, next_index = out
-    topk_expand_kernel_merge[(batch,)](
-        chunk_max_ptr=chunk_max,
-        chunk_sum_ptr=chunk_sum,
-        top_key_ptr=top_key,
-        frontier_ptr=frontier_scores,
-        d2t_ptr=d2t,
-        level_scores_ptr=level_scores,
-        level_tokens_ptr=level_tokens,
-        next_scores_ptr=next_scores,
-        next_tokens_ptr=next_tokens,
-        next_parent_ptr=next_parent,
-        next_index_ptr=next_index,
+    plan = _plan(rows, vocab)
+    device = logits.device
+    chunk_max = chunk_sum = chunk_key = None
+    if plan.num_chunks > 1:
+        chunk_max = torch.empty((rows, plan.num_chunks), dtype=torch.float32, device=device)
+        chunk_sum = torch.empty_like(chunk_max)
+        chunk_key = torch.empty((rows, plan.num_chunks * k), dtype=torch.int64, device=device)
+    row_lse = torch.empty((rows,), dtype=torch.float32, device=device)
+    row_key = torch.empty((rows, k), dtype=torch.int64, device=device)
+    tickets = torch.zeros((rows + batch,), dtype=torch.int32, device=device)
+    topk_expand_kernel[(rows, plan.num_chunks)](
+        logits,
+        frontier_scores,
+        d2t,
+        chunk_max,
+        chunk_sum,
+        chunk_key,
+        row_lse,
+        row_key,
+        tickets,
+        *out,
+        num_rows=rows,
         frontier_size=frontier,
         vocab_size=vocab,
         k=k,
         num_chunks=plan.num_chunks,
-        BLOCK_F=triton.next_power_of_2(frontier),
+        tiles_per_chunk=plan.tiles_per_chunk,
+        GROUP=plan.group,
+        GROUPS_PER_TILE=plan.groups_per_tile,
+        BLOCK_TILES=triton.next_power_of_2(plan.tiles_per_chunk),
         BLOCK_C=triton.next_power_of_2(plan.num_chunks),
         BLOCK_N=triton.next_power_of_2(plan.num_chunks * k),
+        BLOCK_F=triton.next_power_of_2(frontier),
         BLOCK_K=triton.next_power_of_2(k),
+        num_warps=NUM_WARPS,
     )
     return out
