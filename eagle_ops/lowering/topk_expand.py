@@ -336,7 +336,7 @@ def empty_outputs(logits: torch.Tensor, k: int) -> Outputs:
 
 
 def _check_out(logits: torch.Tensor, k: int, out: Outputs) -> None:
-    """Preallocated outputs must fit exactly: the kernels write every element of each."""
+    """Preallocated outputs must fit exactly: the kernel writes every element of each."""
     batch, frontier, _ = logits.shape
     check = Signature("topk_expand", B=batch, N=frontier * k, K=k)
     check.tensor("logits", logits, "B F Vd", (logits.dtype,))  # the device the outputs must be on
