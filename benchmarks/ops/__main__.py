@@ -3,7 +3,8 @@
     python -m benchmarks.ops [--ops topk_expand,tree_attention] [--out benchmarks/results]
 
 Each case is checked for agreement before it is timed. Rows go to ``<out>/ops.csv`` (appended) and a Markdown
-table to ``<out>/ops.md``.
+table of this run to ``<out>/ops.md``, both as each case finishes, so that a run stopped by a time limit keeps the
+cases it measured.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def run(ops: list[str], out: Path) -> list[dict]:
                     f"{case.op:18s} {case.label:34s} {method:10s} {median:9.4f} ms per call, "
                     f"{graph_median:9.4f} ms in a graph, {graph_median / floor_ms:8.2f}x floor"
                 )
+            write_csv(out / "ops.csv", rows[-len(case.candidates) :])
+            (out / "ops.md").write_text(markdown_table(rows))
             torch.cuda.empty_cache()
-    write_csv(out / "ops.csv", rows)
-    (out / "ops.md").write_text(markdown_table(rows))
     return rows
 
 
