@@ -23,11 +23,12 @@ e2e() {  # e2e DIR ARGS...: one e2e call with its own results folder (e2e.md and
   timeout 570 python -m benchmarks.e2e --out "$dir" "$@" 2>&1 | tee "$dir/e2e.log"
 }
 tests() {  # tests [PATHS...]: one pytest process per test file, side by side (the CPU side of the large profile is the
-  # slow part: tests/ops took 5 minutes in four processes on the H200, and did not finish in 5.5 one file after another)
+  # slow part: tests/ops took 5 minutes in four processes on the H200, and did not finish in 5.5 one file after another;
+  # a process per file, the slowest, tree_attention, took 6.2 minutes)
   local files=("${@:-tests/ops}") pids=() status=0
   mapfile -t files < <(find "${files[@]}" -name 'test_*.py' | sort)
   for file in "${files[@]}"; do
-    timeout 420 python -m pytest -q -p no:cacheprovider "$file" > "$out/gpu_tests_$(basename "$file" .py).log" 2>&1 &
+    timeout 540 python -m pytest -q -p no:cacheprovider "$file" > "$out/gpu_tests_$(basename "$file" .py).log" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || status=1; done
@@ -39,7 +40,7 @@ for stage in ${STAGES:-tests ops baselines soak e2e e2e_8b e2e_8b_16}; do
   echo "=== $stage"
   case $stage in
     tests) tests "$@" ;;
-    ops) timeout 400 python -m benchmarks.ops --out "$out" ${OPS:+--ops "$OPS"} 2>&1 | tee "$out/bench.log" ;;
+    ops) timeout 570 python -m benchmarks.ops --out "$out" ${OPS:+--ops "$OPS"} 2>&1 | tee "$out/bench.log" ;;
     baselines) timeout 570 python -m benchmarks.baselines --out "$out" --batch 1 16 2>&1 | tee "$out/baselines.log" ;;
     soak) timeout 300 python -m benchmarks.soak --out "$out" --batch 16 --tokens 10000 2>&1 | tee "$out/soak.log" ;;
     e2e) e2e e2e_default --only default --batch 1,16 ;;
