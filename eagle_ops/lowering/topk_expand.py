@@ -65,12 +65,24 @@ def _arrive(ticket_ptr, arrivals):
 
 
 @triton.jit
+def _shift(max_):
+    """The online softmax's shift: the max, or 0 while every logit is -inf (every exp is then 0, not NaN)."""
+    return tl.where(max_ == float("-inf"), 0.0, max_)
+
+
+@triton.jit
+def _combine(maxes, sums):
+    """``(max, sum of exp(logit - max))`` of the logits behind 1-D (max, sum) pairs."""
+    max_ = tl.max(maxes, axis=0)
+    return max_, tl.sum(sums * tl.exp(maxes - _shift(max_)), axis=0)
+
+
+@triton.jit
 def _log_sum_exp(max_, sum_):
     """log(sum_) + max_, or NaN where the row is not valid: every logit -inf (the sum is 0) or a NaN or +inf logit
     (the sum is NaN). A valid sum is >= 1."""
-    shift = tl.where(max_ == float("-inf"), 0.0, max_)
     valid = (max_ > float("-inf")) & (sum_ == sum_)
-    return tl.where(valid, shift + tl.log(tl.where(valid, sum_, 1.0)), float("nan"))
+    return tl.where(valid, _shift(max_) + tl.log(tl.where(valid, sum_, 1.0)), float("nan"))
 
 
 @triton.jit
@@ -92,7 +104,7 @@ def _stream_tile(x, tile, lane_max, lane_sum, group_max, tile_slots):
     # valid and its ranking is not used, so such logits need no special case here.
     tile_group_max = tl.max(x, axis=1)
     new_max = tl.maximum(lane_max, tile_group_max)
-    shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # every logit so far -inf: every exp is 0
+    shift = _shift(new_max)
     # The rescale is exactly 1 while the max stands (a rounding there would compound over the tiles); each term is
     # one fused multiply-add and an exp2.
     rescale = tl.exp2((lane_max - shift) * LOG2E)
@@ -121,9 +133,7 @@ def _rank_chunk(row_ptr, first, num_tiles, vocab_size, k, GROUP, GROUPS_PER_TILE
         vocab = first + tile * tile_span + offsets
         x = tl.load(row_ptr + vocab, mask=vocab < vocab_size, other=float("-inf")).to(tl.float32)
         lane_max, lane_sum, group_max = _stream_tile(x, tile, lane_max, lane_sum, group_max, tile_slots)
-    chunk_max = tl.max(lane_max, axis=0)
-    chunk_shift = tl.where(chunk_max == float("-inf"), 0.0, chunk_max)
-    chunk_sum = tl.sum(lane_sum * tl.exp(lane_max - chunk_shift), axis=0)
+    chunk_max, chunk_sum = _combine(lane_max, lane_sum)
 
     # The chunk's top k logits lie in its k best groups, ranked by (group max, then smaller group id): a logit of
     # any other group has k logits above it, the maxima of those k groups. So pass 2 ranks only them.
@@ -150,9 +160,7 @@ def _merge_row(chunk_max_ptr, chunk_sum_ptr, chunk_key_ptr, row, k, num_chunks, 
     # .cg: read at L2, where the other programs' stores are (this SM's L1 is not coherent with them).
     chunk_max = tl.load(chunk_max_ptr + stats, mask=in_row, other=float("-inf"), cache_modifier=".cg")
     chunk_sum = tl.load(chunk_sum_ptr + stats, mask=in_row, other=0.0, cache_modifier=".cg")
-    row_max = tl.max(chunk_max, axis=0)
-    shift = tl.where(row_max == float("-inf"), 0.0, row_max)
-    row_sum = tl.sum(chunk_sum * tl.exp(chunk_max - shift), axis=0)
+    row_max, row_sum = _combine(chunk_max, chunk_sum)
     candidates = tl.arange(0, BLOCK_N)
     keys = tl.load(
         chunk_key_ptr + row * num_chunks * k + candidates,
