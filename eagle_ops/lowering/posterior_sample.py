@@ -199,7 +199,8 @@ def _top_p_boundary(
     for _ in range(tl.where(active, tl.where(top_p > 0.0, ROUNDS, 0), 0)):
         step = (high - low) // RADIX + 1
         thresholds = low + digits * step
-        at_or_below = tl.zeros([RADIX], dtype=tl.float32)
+        # Summed per lane across the blocks, then across lanes once per round, not in a reduction per block.
+        at_or_below = tl.zeros([BLOCK_V, RADIX], dtype=tl.float32)
         for start in range(0, vocab, BLOCK_V):
             token = start + lanes
             scores = _scores(row_ptr, token, token < vocab, temperature)
@@ -207,7 +208,8 @@ def _top_p_boundary(
             prob = tl.where(
                 (token < vocab) & (key >= kth_key), tl.math.div_rn(_weight(scores, top), survivors_sum), 0.0
             )
-            at_or_below += tl.sum(tl.where(key[:, None] <= thresholds[None, :], prob[:, None], 0.0), 0)
+            at_or_below += tl.where(key[:, None] <= thresholds[None, :], prob[:, None], 0.0)
+        at_or_below = tl.sum(at_or_below, 0)
         first = tl.minimum(
             tl.min(tl.where(at_or_below > drop_mass, digits, RADIX), 0),
             tl.min(tl.where(thresholds > top_key, digits, RADIX), 0),
