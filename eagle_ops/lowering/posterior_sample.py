@@ -1,16 +1,18 @@
 """Triton lowering of `posterior_sample`.
 
-Two launches. The first has one program per ``(sequence, node)`` row and, in passes over the row's logits, finds
-all that the walk may need from it: the largest score, the top-k and top-p boundaries, the kept mass, and the
-bonus token the row gives if the walk stops there, with its children rejected and without. The second has one
-program per sequence: it walks the tree with one coin per depth, computing each offered child's probability from
-its parent's row statistics, and picks the bonus of the row it stops at.
+One program per ``(sequence, node)`` row finds, in passes over the row's logits, all that the walk may need from
+it: the largest score, the top-k and top-p boundaries, the kept mass, and the bonus token the row gives if the walk
+stops there, with its children rejected and without. A last launch has one program per sequence: it walks the tree
+with one coin per depth, computing each offered child's probability from its parent's row statistics, and picks
+the bonus of the row it stops at.
 
 The top-k boundary is an exact radix select over the scores' order keys (four 8-bit digits, a histogram per pass).
 When top-k (or a small vocabulary) leaves at most ``_MAX_CANDIDATES`` survivors, they are gathered in one more
-pass and everything else, top-p included, is computed on them sorted in registers: six passes in all. Otherwise
-top-p searches its boundary in radix-16 passes weighted by probability, and two passes compute the kept mass and
-the bonus draws, each touching a block's tokens one by one only in the blocks holding a child or a draw.
+pass and everything else, top-p included, is computed on them sorted in registers: the rows launch finishes them.
+The other rows are streamed: top-p searches its boundary in radix-16 rounds weighted by probability, one launch per
+round with each row split into chunks searched side by side, then a launch per row resolves the tie at the
+boundary and computes the kept mass and the bonus draws, touching a block's tokens one by one only in the blocks
+holding a child or a draw.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ _MAX_SEARCH_BLOCK_V = 1024
 # Top-k survivors handled by sorting in registers.
 _MAX_CANDIDATES = 1024
 _RADIX = 16
+# A top-p search round splits each row into chunks searched side by side while there are few rows (60 at B = 1,
+# where one program per row would leave most SMs idle through eight passes over the row).
+_SEARCH_TARGET_PROGRAMS = 512
+_MAX_SEARCH_CHUNKS = 16
 # Every fp32 order key lies in [_order_key(-inf), _order_key(+inf)], fewer than 2**32 = _RADIX ** _ROUNDS keys.
 _ROUNDS = 8
 _NEG_INF_KEY = tl.constexpr(-2139095041)  # _order_key(-inf): the smallest key of any score
@@ -160,63 +166,131 @@ def _first_above(weights, token, carry, target, vocab):
 
 
 @triton.jit
-def _top_p_boundary(
+def _search_interval(
+    partial_ptr, total_ptr, interval_ptr, row, rows, search_round, kth_key, top_key, drop_mass, CHUNKS, RADIX
+):
+    """``[low, high)``, the keys that round ``search_round`` of the top-p search splits into RADIX steps: all the
+    top-k survivors' keys at round 0, then the previous round's interval narrowed by its sums (the chunks' partials,
+    added in chunk order, so that every program of a row narrows it alike). The searched key is the smallest whose
+    cumulative probability passes ``1 - top_p``; keys above the largest score stand for "no key passes"."""
+    low = kth_key
+    high = top_key + 1
+    if search_round > 0:
+        previous = ((search_round - 1) % 2) * rows + row
+        low = tl.load(interval_ptr + 2 * previous)
+        high = tl.load(interval_ptr + 2 * previous + 1)
+        chunks = tl.arange(0, CHUNKS)
+        digits = tl.arange(0, RADIX).to(tl.int64)
+        at_or_below = tl.sum(tl.load(partial_ptr + (previous * CHUNKS + chunks[:, None]) * RADIX + digits[None, :]), 0)
+        total = tl.sum(tl.load(total_ptr + row * CHUNKS + chunks), 0)
+        step = (high - low) // RADIX + 1
+        thresholds = low + digits * step
+        first = tl.minimum(
+            tl.min(tl.where(tl.math.div_rn(at_or_below, total) > drop_mass, digits, RADIX), 0),
+            tl.min(tl.where(thresholds > top_key, digits, RADIX), 0),
+        )
+        next_low = tl.where(first == 0, low, low + (first - 1) * step + 1)
+        high = tl.where(first == RADIX, high, tl.minimum(low + first * step, high))
+        low = next_low
+    return low, high
+
+
+@triton.jit(do_not_specialize=["search_round"])
+def posterior_sample_kernel_search(
+    logits_ptr,  # [B * T, V]
+    temperature_ptr,  # [B] f32
+    top_p_ptr,  # [B] f32
+    row_max_ptr,  # [B * T] f32
+    kth_key_ptr,  # [B * T] i64
+    streamed_ptr,  # [B * T] i32: whether the row takes the streamed path
+    partial_ptr,  # [2, B * T, CHUNKS, RADIX] f32: a round's probability mass at or below each threshold, by chunk
+    total_ptr,  # [B * T, CHUNKS] f32: the survivors' mass by chunk (round 0)
+    interval_ptr,  # [2, B * T, 2] i64: each round's [low, high)
+    size,
+    vocab,
+    rows,
+    chunk_len,
+    search_round,
+    BLOCK_V: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    RADIX: tl.constexpr,
+):
+    """One round of the top-p search of the streamed rows: the masses (as ``exp(score - top)``) of one chunk of the
+    row's survivors at or below RADIX thresholds. Rounds are launches, so a row's chunks run side by side."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    seq = row // size
+    top_p = tl.load(top_p_ptr + seq)
+    searched = (tl.load(streamed_ptr + row) != 0) & (tl.where((top_p > 0.0) & (top_p < 1.0), 1, 0) != 0)
+    if searched:
+        temperature = tl.load(temperature_ptr + seq)
+        top = tl.load(row_max_ptr + row)
+        kth_key = tl.load(kth_key_ptr + row)
+        low, high = _search_interval(
+            partial_ptr, total_ptr, interval_ptr, row, rows, search_round, kth_key, _order_key(top), 1.0 - top_p,
+            CHUNKS, RADIX,
+        )  # fmt: skip
+        if chunk == 0:
+            current = (search_round % 2) * rows + row
+            tl.store(interval_ptr + 2 * current, low)
+            tl.store(interval_ptr + 2 * current + 1, high)
+        digits = tl.arange(0, RADIX).to(tl.int64)
+        thresholds = low + digits * ((high - low) // RADIX + 1)
+        lanes = tl.arange(0, BLOCK_V)
+        row_ptr = logits_ptr + row * vocab
+        chunk_end = tl.minimum((chunk + 1) * chunk_len, vocab)
+        # Summed per lane across the blocks, then across lanes once, not in a reduction per block.
+        at_or_below = tl.zeros([BLOCK_V, RADIX], dtype=tl.float32)
+        total = tl.zeros([BLOCK_V], dtype=tl.float32)
+        for start in range(chunk * chunk_len, chunk_end, BLOCK_V):
+            token = start + lanes
+            scores = _scores(row_ptr, token, token < chunk_end, temperature)
+            key = _order_key(scores)
+            weight = tl.where((token < chunk_end) & (key >= kth_key), _weight(scores, top), 0.0)
+            at_or_below += tl.where(key[:, None] <= thresholds[None, :], weight[:, None], 0.0)
+            total += weight
+        current = ((search_round % 2) * rows + row) * CHUNKS + chunk
+        tl.store(partial_ptr + current * RADIX + digits, tl.sum(at_or_below, 0))
+        if search_round == 0:
+            tl.store(total_ptr + row * CHUNKS + chunk, tl.sum(total, 0))
+
+
+@triton.jit
+def _nucleus(
     row_ptr,
     vocab,
     temperature,
     top,
     kth_key,
     top_p,
+    search,
+    row,
+    rows,
     BLOCK_V: tl.constexpr,
+    CHUNKS: tl.constexpr,
     RADIX: tl.constexpr,
     ROUNDS: tl.constexpr,
 ):
     """``(nucleus_key, nucleus_cut)`` for :func:`_kept`; ``(-inf's key, 0)`` when top-p keeps every token.
 
     Ascending (score, token) order, the cumulative probability of the top-k survivors: the dropped tokens are
-    those at or below ``1 - top_p``, a prefix. A search like :func:`_top_k_key` finds the smallest key whose
-    cumulative probability passes ``1 - top_p``; among the scores equal to it, the first ``n_drop`` (by token)
-    are dropped, with ``n_drop`` the number of them whose own cumulative probability is still <= ``1 - top_p``.
+    those at or below ``1 - top_p``, a prefix. The search rounds found the smallest key whose cumulative probability
+    passes ``1 - top_p``; among the scores equal to it, the first ``n_drop`` (by token) are dropped, with ``n_drop``
+    the number of them whose own cumulative probability is still <= ``1 - top_p``.
     """
     lanes = tl.arange(0, BLOCK_V)
-    digits = tl.arange(0, RADIX).to(tl.int64)
     top_key = _order_key(top)
     active = top_p < 1.0  # false for NaN
     drop_mass = 1.0 - top_p
     active_vocab = tl.where(active, vocab, 0)
-
-    survivors_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
-    for start in range(0, active_vocab, BLOCK_V):
-        token = start + lanes
-        scores = _scores(row_ptr, token, token < vocab, temperature)
-        survivors = (token < vocab) & (_order_key(scores) >= kth_key)
-        survivors_sum += tl.where(survivors, _weight(scores, top), 0.0)
-    survivors_sum = tl.sum(survivors_sum, 0)
-
-    # Keys above the largest score stand for "no key passes": top-p then keeps the last token alone.
+    partial_ptr, total_ptr, interval_ptr = search
     low = kth_key
-    high = top_key + 1
-    for _ in range(tl.where(active, tl.where(top_p > 0.0, ROUNDS, 0), 0)):
-        step = (high - low) // RADIX + 1
-        thresholds = low + digits * step
-        # Summed per lane across the blocks, then across lanes once per round, not in a reduction per block.
-        at_or_below = tl.zeros([BLOCK_V, RADIX], dtype=tl.float32)
-        for start in range(0, vocab, BLOCK_V):
-            token = start + lanes
-            scores = _scores(row_ptr, token, token < vocab, temperature)
-            key = _order_key(scores)
-            prob = tl.where(
-                (token < vocab) & (key >= kth_key), tl.math.div_rn(_weight(scores, top), survivors_sum), 0.0
-            )
-            at_or_below += tl.where(key[:, None] <= thresholds[None, :], prob[:, None], 0.0)
-        at_or_below = tl.sum(at_or_below, 0)
-        first = tl.minimum(
-            tl.min(tl.where(at_or_below > drop_mass, digits, RADIX), 0),
-            tl.min(tl.where(thresholds > top_key, digits, RADIX), 0),
+    survivors_sum = 1.0
+    if tl.where((top_p > 0.0) & (top_p < 1.0), 1, 0) != 0:
+        low, _ = _search_interval(
+            partial_ptr, total_ptr, interval_ptr, row, rows, ROUNDS, kth_key, top_key, drop_mass, CHUNKS, RADIX
         )
-        next_low = tl.where(first == 0, low, low + (first - 1) * step + 1)
-        high = tl.where(first == RADIX, high, tl.minimum(low + first * step, high))
-        low = next_low
+        survivors_sum = tl.sum(tl.load(total_ptr + row * CHUNKS + tl.arange(0, CHUNKS)), 0)
     last_alone = tl.where(top_p <= 0.0, 1, low > top_key) != 0
     nucleus_key = tl.where(last_alone, top_key, low)
 
@@ -340,86 +414,106 @@ def _candidate_row(
 
 
 @triton.jit
-def _streamed_row(
-    row_ptr,
-    top,
-    kth_key,
-    top_p,
-    temperature,
-    uniform,
-    tokens_ptr,
-    parent_ptr,
-    base,
-    node,
+def posterior_sample_kernel_streamed(
+    logits_ptr,  # [B * T, V]
+    tokens_ptr,  # [B, T] i64
+    parent_ptr,  # [B, T] i64
+    temperature_ptr,  # [B] f32
+    top_p_ptr,  # [B] f32
+    uniforms_ptr,  # [B, P + 1] f32
+    streamed_ptr,  # [B * T] i32
+    partial_ptr,  # [2, B * T, CHUNKS, RADIX] f32
+    total_ptr,  # [B * T, CHUNKS] f32
+    interval_ptr,  # [2, B * T, 2] i64
+    row_max_ptr,  # [B * T] f32
+    kth_key_ptr,  # [B * T] i64
+    nucleus_key_ptr,  # [B * T] i64
+    nucleus_cut_ptr,  # [B * T] i64
+    kept_sum_ptr,  # [B * T] f32
+    row_bonus_ptr,  # [B * T, 2] i64
     size,
     vocab,
-    stats,
-    row,
+    path_len,
+    rows,
     BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr,
-    SEARCH_BLOCK_V: tl.constexpr,
+    CHUNKS: tl.constexpr,
     RADIX: tl.constexpr,
     ROUNDS: tl.constexpr,
 ):
-    """Every statistic of a row in passes over its whole vocabulary."""
-    nucleus_key, nucleus_cut = _top_p_boundary(
-        row_ptr, vocab, temperature, top, kth_key, top_p, SEARCH_BLOCK_V, RADIX, ROUNDS
-    )
-    nodes = tl.arange(0, BLOCK_T)
-    parent = tl.load(parent_ptr + base + nodes, mask=nodes < size, other=-1)
-    child_tokens = tl.load(tokens_ptr + base + nodes, mask=nodes < size, other=-1)
-    child_tokens = tl.where((parent == node) & (node < nodes) & (nodes < size), child_tokens, -1)
-    lanes = tl.arange(0, BLOCK_V)
+    """The rows with too many survivors to sort: top-p's boundary from the search, then the kept mass and the
+    bonus draws in passes over the whole row."""
+    row = tl.program_id(0).to(tl.int64)
+    if tl.load(streamed_ptr + row) != 0:
+        seq = row // size
+        node = row % size
+        base = seq * size
+        row_ptr = logits_ptr + row * vocab
+        temperature = tl.load(temperature_ptr + seq)
+        top_p = tl.load(top_p_ptr + seq)
+        uniform = tl.load(uniforms_ptr + seq * (path_len + 1) + path_len)
+        stats = (row_max_ptr, kth_key_ptr, nucleus_key_ptr, nucleus_cut_ptr, kept_sum_ptr, row_bonus_ptr)
+        top = tl.load(row_max_ptr + row)
+        kth_key = tl.load(kth_key_ptr + row)
+        search = (partial_ptr, total_ptr, interval_ptr)
+        nucleus_key, nucleus_cut = _nucleus(
+            row_ptr, vocab, temperature, top, kth_key, top_p, search, row, rows, BLOCK_V, CHUNKS, RADIX, ROUNDS
+        )
+        nodes = tl.arange(0, BLOCK_T)
+        parent = tl.load(parent_ptr + base + nodes, mask=nodes < size, other=-1)
+        child_tokens = tl.load(tokens_ptr + base + nodes, mask=nodes < size, other=-1)
+        child_tokens = tl.where((parent == node) & (node < nodes) & (nodes < size), child_tokens, -1)
+        lanes = tl.arange(0, BLOCK_V)
 
-    kept_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
-    residual_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
-    for start in range(0, vocab, BLOCK_V):
-        token = start + lanes
-        weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
-        kept_sum += weight
-        rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
-        residual_sum += tl.where(rejected, 0.0, weight)
-    kept_sum = tl.sum(kept_sum, 0)
-    residual_sum = tl.sum(residual_sum, 0)
+        kept_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
+        residual_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
+        for start in range(0, vocab, BLOCK_V):
+            token = start + lanes
+            weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
+            kept_sum += weight
+            rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
+            residual_sum += tl.where(rejected, 0.0, weight)
+        kept_sum = tl.sum(kept_sum, 0)
+        residual_sum = tl.sum(residual_sum, 0)
 
-    # Inverse CDF draws by cumulative weight in token order: block sums find the block where each running sum
-    # passes its target, and only that block is scanned token by token. No mass outside the children happens only
-    # through rounding or a coin >= 1: the draw then ignores the rejection.
-    reject = tl.where(residual_sum > 0.0, 1, 0) != 0
-    residual_target = uniform * tl.where(reject, residual_sum, kept_sum)
-    full_target = uniform * kept_sum
-    residual_carry = 0.0
-    full_carry = 0.0
-    residual_first = vocab
-    full_first = vocab
-    residual_last = tl.full([BLOCK_V], -1, tl.int32)
-    full_last = tl.full([BLOCK_V], -1, tl.int32)
-    for start in range(0, vocab, BLOCK_V):
-        token = start + lanes
-        weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
-        rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
-        residual = tl.where(reject & rejected, 0.0, weight)
-        residual_block = tl.sum(residual, 0)
-        full_block = tl.sum(weight, 0)
-        if tl.where(residual_carry + residual_block > residual_target, residual_first == vocab, False):
-            residual_first = _first_above(residual, token, residual_carry, residual_target, vocab)
-        if tl.where(full_carry + full_block > full_target, full_first == vocab, False):
-            full_first = _first_above(weight, token, full_carry, full_target, vocab)
-        residual_carry += residual_block
-        full_carry += full_block
-        residual_last = tl.maximum(residual_last, tl.where(residual > 0.0, token, -1))
-        full_last = tl.maximum(full_last, tl.where(weight > 0.0, token, -1))
-    _store_row(
-        stats,
-        row,
-        top,
-        kth_key,
-        nucleus_key,
-        nucleus_cut,
-        kept_sum,
-        tl.where(residual_first < vocab, residual_first, tl.max(residual_last, 0)),
-        tl.where(full_first < vocab, full_first, tl.max(full_last, 0)),
-    )
+        # Inverse CDF draws by cumulative weight in token order: block sums find the block where each running sum
+        # passes its target, and only that block is scanned token by token. No mass outside the children happens only
+        # through rounding or a coin >= 1: the draw then ignores the rejection.
+        reject = tl.where(residual_sum > 0.0, 1, 0) != 0
+        residual_target = uniform * tl.where(reject, residual_sum, kept_sum)
+        full_target = uniform * kept_sum
+        residual_carry = 0.0
+        full_carry = 0.0
+        residual_first = vocab
+        full_first = vocab
+        residual_last = tl.full([BLOCK_V], -1, tl.int32)
+        full_last = tl.full([BLOCK_V], -1, tl.int32)
+        for start in range(0, vocab, BLOCK_V):
+            token = start + lanes
+            weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
+            rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
+            residual = tl.where(reject & rejected, 0.0, weight)
+            residual_block = tl.sum(residual, 0)
+            full_block = tl.sum(weight, 0)
+            if tl.where(residual_carry + residual_block > residual_target, residual_first == vocab, False):
+                residual_first = _first_above(residual, token, residual_carry, residual_target, vocab)
+            if tl.where(full_carry + full_block > full_target, full_first == vocab, False):
+                full_first = _first_above(weight, token, full_carry, full_target, vocab)
+            residual_carry += residual_block
+            full_carry += full_block
+            residual_last = tl.maximum(residual_last, tl.where(residual > 0.0, token, -1))
+            full_last = tl.maximum(full_last, tl.where(weight > 0.0, token, -1))
+        _store_row(
+            stats,
+            row,
+            top,
+            kth_key,
+            nucleus_key,
+            nucleus_cut,
+            kept_sum,
+            tl.where(residual_first < vocab, residual_first, tl.max(residual_last, 0)),
+            tl.where(full_first < vocab, full_first, tl.max(full_last, 0)),
+        )
 
 
 @triton.jit
@@ -438,15 +532,12 @@ def posterior_sample_kernel_rows(
     nucleus_cut_ptr,  # [B * T] i64
     kept_sum_ptr,  # [B * T] f32
     row_bonus_ptr,  # [B * T, 2] i64: (children rejected, children untested)
+    streamed_ptr,  # [B * T] i32: whether the row is left to the search and streamed launches
     size,
     vocab,
     path_len,
     BLOCK_V: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    SEARCH_BLOCK_V: tl.constexpr,
     CANDIDATES: tl.constexpr,
-    RADIX: tl.constexpr,
-    ROUNDS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     seq = row // size
@@ -487,27 +578,10 @@ def posterior_sample_kernel_rows(
             CANDIDATES,
         )
     else:
-        _streamed_row(
-            row_ptr,
-            top,
-            kth_key,
-            top_p,
-            temperature,
-            uniform,
-            tokens_ptr,
-            parent_ptr,
-            base,
-            node,
-            size,
-            vocab,
-            stats,
-            row,
-            BLOCK_V,
-            BLOCK_T,
-            SEARCH_BLOCK_V,
-            RADIX,
-            ROUNDS,
-        )
+        # Too many survivors to sort: the search and streamed launches finish the row from its max and top-k key.
+        tl.store(row_max_ptr + row, top)
+        tl.store(kth_key_ptr + row, kth_key)
+    tl.store(streamed_ptr + row, (count > CANDIDATES).to(tl.int32))
 
 
 @triton.jit
@@ -587,6 +661,12 @@ def posterior_sample_kernel_walk(
     tl.store(bonus_ptr + seq, bonus)
 
 
+def _search_chunks(rows: int, vocab: int, block_v: int) -> int:
+    """Chunks per row for the top-p search rounds: enough programs for the GPU, none without a block of tokens."""
+    wanted = max(1, min(_SEARCH_TARGET_PROGRAMS // rows, triton.cdiv(vocab, block_v), _MAX_SEARCH_CHUNKS))
+    return 1 << (wanted.bit_length() - 1)
+
+
 def posterior_sample_triton(
     tree_tokens: torch.Tensor,
     tree_parent: torch.Tensor,
@@ -615,6 +695,7 @@ def posterior_sample_triton(
     block_t = triton.next_power_of_2(size)
     block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(vocab))
     candidates = min(_MAX_CANDIDATES, triton.next_power_of_2(vocab))
+    streamed = tree_tokens.new_empty(rows, dtype=torch.int32)
     posterior_sample_kernel_rows[(rows,)](
         logits_ptr=target_logits,
         tokens_ptr=tree_tokens,
@@ -625,13 +706,57 @@ def posterior_sample_triton(
         uniforms_ptr=uniforms,
         candidates_ptr=tree_tokens.new_empty((rows, candidates)),
         **stats,
+        streamed_ptr=streamed,
         size=size,
         vocab=vocab,
         path_len=max_depth + 2,
         BLOCK_V=block_v,
-        BLOCK_T=block_t,
-        SEARCH_BLOCK_V=min(_MAX_SEARCH_BLOCK_V, block_v),
         CANDIDATES=candidates,
+        num_warps=8,
+    )
+    search_block_v = min(_MAX_SEARCH_BLOCK_V, block_v)
+    chunks = _search_chunks(rows, vocab, search_block_v)
+    search = {
+        "partial_ptr": target_logits.new_empty((2, rows, chunks, _RADIX), dtype=torch.float32),
+        "total_ptr": target_logits.new_empty((rows, chunks), dtype=torch.float32),
+        "interval_ptr": tree_tokens.new_empty((2, rows, 2)),
+    }
+    for search_round in range(_ROUNDS):
+        posterior_sample_kernel_search[(rows, chunks)](
+            logits_ptr=target_logits,
+            temperature_ptr=temperature,
+            top_p_ptr=top_p,
+            row_max_ptr=stats["row_max_ptr"],
+            kth_key_ptr=stats["kth_key_ptr"],
+            streamed_ptr=streamed,
+            **search,
+            size=size,
+            vocab=vocab,
+            rows=rows,
+            chunk_len=triton.cdiv(triton.cdiv(vocab, chunks), search_block_v) * search_block_v,
+            search_round=search_round,
+            BLOCK_V=search_block_v,
+            CHUNKS=chunks,
+            RADIX=_RADIX,
+            num_warps=8,
+        )
+    posterior_sample_kernel_streamed[(rows,)](
+        logits_ptr=target_logits,
+        tokens_ptr=tree_tokens,
+        parent_ptr=tree_parent,
+        temperature_ptr=temperature,
+        top_p_ptr=top_p,
+        uniforms_ptr=uniforms,
+        streamed_ptr=streamed,
+        **search,
+        **stats,
+        size=size,
+        vocab=vocab,
+        path_len=max_depth + 2,
+        rows=rows,
+        BLOCK_V=block_v,
+        BLOCK_T=block_t,
+        CHUNKS=chunks,
         RADIX=_RADIX,
         ROUNDS=_ROUNDS,
         num_warps=8,
