@@ -9,10 +9,11 @@ the bonus of the row it stops at.
 The top-k boundary is an exact radix select over the scores' order keys (four 8-bit digits, a histogram per pass).
 When top-k (or a small vocabulary) leaves at most ``_MAX_CANDIDATES`` survivors, they are gathered in one more
 pass and everything else, top-p included, is computed on them sorted in registers: the rows launch finishes them.
-The other rows are streamed: top-p searches its boundary in radix-16 rounds weighted by probability, one launch per
-round with each row split into chunks searched side by side, then a launch per row resolves the tie at the
-boundary and computes the kept mass and the bonus draws, touching a block's tokens one by one only in the blocks
-holding a child or a draw.
+The other rows are streamed: two passes compute the kept mass and the bonus draws, touching a block's tokens one
+by one only in the blocks holding a child or a draw. Their top-p boundary, when 0 < top_p < 1, is searched in
+radix-16 rounds weighted by probability, one launch per round with each row split into chunks searched side by
+side (at B = 1, one program per row would leave most SMs idle through eight passes); a last launch per row then
+resolves the tie at the boundary and makes the streamed passes.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def posterior_sample_kernel_search(
     top_p_ptr,  # [B] f32
     row_max_ptr,  # [B * T] f32
     kth_key_ptr,  # [B * T] i64
-    streamed_ptr,  # [B * T] i32: whether the row takes the streamed path
+    searched_ptr,  # [B * T] i32: whether the search launches find the row's top-p boundary
     partial_ptr,  # [2, B * T, CHUNKS, RADIX] f32: a round's probability mass at or below each threshold, by chunk
     total_ptr,  # [B * T, CHUNKS] f32: the survivors' mass by chunk (round 0)
     interval_ptr,  # [2, B * T, 2] i64: each round's [low, high)
@@ -215,14 +216,13 @@ def posterior_sample_kernel_search(
     CHUNKS: tl.constexpr,
     RADIX: tl.constexpr,
 ):
-    """One round of the top-p search of the streamed rows: the masses (as ``exp(score - top)``) of one chunk of the
+    """One round of the top-p search of the searched rows: the masses (as ``exp(score - top)``) of one chunk of the
     row's survivors at or below RADIX thresholds. Rounds are launches, so a row's chunks run side by side."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     seq = row // size
-    top_p = tl.load(top_p_ptr + seq)
-    searched = (tl.load(streamed_ptr + row) != 0) & (tl.where((top_p > 0.0) & (top_p < 1.0), 1, 0) != 0)
-    if searched:
+    if tl.load(searched_ptr + row) != 0:
+        top_p = tl.load(top_p_ptr + seq)
         temperature = tl.load(temperature_ptr + seq)
         top = tl.load(row_max_ptr + row)
         kth_key = tl.load(kth_key_ptr + row)
@@ -256,43 +256,22 @@ def posterior_sample_kernel_search(
 
 
 @triton.jit
-def _nucleus(
-    row_ptr,
-    vocab,
-    temperature,
-    top,
-    kth_key,
-    top_p,
-    search,
-    row,
-    rows,
-    BLOCK_V: tl.constexpr,
-    CHUNKS: tl.constexpr,
-    RADIX: tl.constexpr,
-    ROUNDS: tl.constexpr,
-):
+def _nucleus(row_ptr, vocab, temperature, top, kth_key, top_p, searched_key, survivors_sum, BLOCK_V: tl.constexpr):
     """``(nucleus_key, nucleus_cut)`` for :func:`_kept`; ``(-inf's key, 0)`` when top-p keeps every token.
 
     Ascending (score, token) order, the cumulative probability of the top-k survivors: the dropped tokens are
-    those at or below ``1 - top_p``, a prefix. The search rounds found the smallest key whose cumulative probability
-    passes ``1 - top_p``; among the scores equal to it, the first ``n_drop`` (by token) are dropped, with ``n_drop``
-    the number of them whose own cumulative probability is still <= ``1 - top_p``.
+    those at or below ``1 - top_p``, a prefix. The search found ``searched_key``, the smallest key whose cumulative
+    probability passes ``1 - top_p`` (or one above the largest: then the last token stays alone, as with
+    ``top_p <= 0``, which is not searched); among the scores equal to it, the first ``n_drop`` (by token) are dropped,
+    with ``n_drop`` the number of them whose own cumulative probability is still <= ``1 - top_p``.
     """
     lanes = tl.arange(0, BLOCK_V)
     top_key = _order_key(top)
     active = top_p < 1.0  # false for NaN
     drop_mass = 1.0 - top_p
     active_vocab = tl.where(active, vocab, 0)
-    partial_ptr, total_ptr, interval_ptr = search
-    low = kth_key
-    survivors_sum = 1.0
-    if tl.where((top_p > 0.0) & (top_p < 1.0), 1, 0) != 0:
-        low, _ = _search_interval(
-            partial_ptr, total_ptr, interval_ptr, row, rows, ROUNDS, kth_key, top_key, drop_mass, CHUNKS, RADIX
-        )
-        survivors_sum = tl.sum(tl.load(total_ptr + row * CHUNKS + tl.arange(0, CHUNKS)), 0)
-    last_alone = tl.where(top_p <= 0.0, 1, low > top_key) != 0
-    nucleus_key = tl.where(last_alone, top_key, low)
+    last_alone = tl.where(top_p <= 0.0, 1, searched_key > top_key) != 0
+    nucleus_key = tl.where(last_alone, top_key, searched_key)
 
     tied = tl.zeros([BLOCK_V], dtype=tl.int64)
     tied_prob = tl.zeros([BLOCK_V], dtype=tl.float32)
@@ -414,6 +393,84 @@ def _candidate_row(
 
 
 @triton.jit
+def _streamed_row(
+    row_ptr,
+    top,
+    kth_key,
+    nucleus_key,
+    nucleus_cut,
+    temperature,
+    uniform,
+    tokens_ptr,
+    parent_ptr,
+    base,
+    node,
+    size,
+    vocab,
+    stats,
+    row,
+    BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """The kept mass and the bonus draws of a row with too many survivors to sort, in passes over the row."""
+    nodes = tl.arange(0, BLOCK_T)
+    parent = tl.load(parent_ptr + base + nodes, mask=nodes < size, other=-1)
+    child_tokens = tl.load(tokens_ptr + base + nodes, mask=nodes < size, other=-1)
+    child_tokens = tl.where((parent == node) & (node < nodes) & (nodes < size), child_tokens, -1)
+    lanes = tl.arange(0, BLOCK_V)
+
+    kept_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
+    residual_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
+    for start in range(0, vocab, BLOCK_V):
+        token = start + lanes
+        weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
+        kept_sum += weight
+        rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
+        residual_sum += tl.where(rejected, 0.0, weight)
+    kept_sum = tl.sum(kept_sum, 0)
+    residual_sum = tl.sum(residual_sum, 0)
+
+    # Inverse CDF draws by cumulative weight in token order: block sums find the block where each running sum
+    # passes its target, and only that block is scanned token by token. No mass outside the children happens only
+    # through rounding or a coin >= 1: the draw then ignores the rejection.
+    reject = tl.where(residual_sum > 0.0, 1, 0) != 0
+    residual_target = uniform * tl.where(reject, residual_sum, kept_sum)
+    full_target = uniform * kept_sum
+    residual_carry = 0.0
+    full_carry = 0.0
+    residual_first = vocab
+    full_first = vocab
+    residual_last = tl.full([BLOCK_V], -1, tl.int32)
+    full_last = tl.full([BLOCK_V], -1, tl.int32)
+    for start in range(0, vocab, BLOCK_V):
+        token = start + lanes
+        weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
+        rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
+        residual = tl.where(reject & rejected, 0.0, weight)
+        residual_block = tl.sum(residual, 0)
+        full_block = tl.sum(weight, 0)
+        if tl.where(residual_carry + residual_block > residual_target, residual_first == vocab, False):
+            residual_first = _first_above(residual, token, residual_carry, residual_target, vocab)
+        if tl.where(full_carry + full_block > full_target, full_first == vocab, False):
+            full_first = _first_above(weight, token, full_carry, full_target, vocab)
+        residual_carry += residual_block
+        full_carry += full_block
+        residual_last = tl.maximum(residual_last, tl.where(residual > 0.0, token, -1))
+        full_last = tl.maximum(full_last, tl.where(weight > 0.0, token, -1))
+    _store_row(
+        stats,
+        row,
+        top,
+        kth_key,
+        nucleus_key,
+        nucleus_cut,
+        kept_sum,
+        tl.where(residual_first < vocab, residual_first, tl.max(residual_last, 0)),
+        tl.where(full_first < vocab, full_first, tl.max(full_last, 0)),
+    )
+
+
+@triton.jit
 def posterior_sample_kernel_streamed(
     logits_ptr,  # [B * T, V]
     tokens_ptr,  # [B, T] i64
@@ -421,7 +478,7 @@ def posterior_sample_kernel_streamed(
     temperature_ptr,  # [B] f32
     top_p_ptr,  # [B] f32
     uniforms_ptr,  # [B, P + 1] f32
-    streamed_ptr,  # [B * T] i32
+    searched_ptr,  # [B * T] i32
     partial_ptr,  # [2, B * T, CHUNKS, RADIX] f32
     total_ptr,  # [B * T, CHUNKS] f32
     interval_ptr,  # [2, B * T, 2] i64
@@ -441,78 +498,42 @@ def posterior_sample_kernel_streamed(
     RADIX: tl.constexpr,
     ROUNDS: tl.constexpr,
 ):
-    """The rows with too many survivors to sort: top-p's boundary from the search, then the kept mass and the
-    bonus draws in passes over the whole row."""
+    """The searched rows, after the last round: top-p's boundary from the search, then the streamed passes."""
     row = tl.program_id(0).to(tl.int64)
-    if tl.load(streamed_ptr + row) != 0:
+    if tl.load(searched_ptr + row) != 0:
         seq = row // size
-        node = row % size
-        base = seq * size
         row_ptr = logits_ptr + row * vocab
         temperature = tl.load(temperature_ptr + seq)
         top_p = tl.load(top_p_ptr + seq)
-        uniform = tl.load(uniforms_ptr + seq * (path_len + 1) + path_len)
-        stats = (row_max_ptr, kth_key_ptr, nucleus_key_ptr, nucleus_cut_ptr, kept_sum_ptr, row_bonus_ptr)
         top = tl.load(row_max_ptr + row)
         kth_key = tl.load(kth_key_ptr + row)
-        search = (partial_ptr, total_ptr, interval_ptr)
+        searched_key, _ = _search_interval(
+            partial_ptr, total_ptr, interval_ptr, row, rows, ROUNDS, kth_key, _order_key(top), 1.0 - top_p,
+            CHUNKS, RADIX,
+        )  # fmt: skip
+        survivors_sum = tl.sum(tl.load(total_ptr + row * CHUNKS + tl.arange(0, CHUNKS)), 0)
         nucleus_key, nucleus_cut = _nucleus(
-            row_ptr, vocab, temperature, top, kth_key, top_p, search, row, rows, BLOCK_V, CHUNKS, RADIX, ROUNDS
+            row_ptr, vocab, temperature, top, kth_key, top_p, searched_key, survivors_sum, BLOCK_V
         )
-        nodes = tl.arange(0, BLOCK_T)
-        parent = tl.load(parent_ptr + base + nodes, mask=nodes < size, other=-1)
-        child_tokens = tl.load(tokens_ptr + base + nodes, mask=nodes < size, other=-1)
-        child_tokens = tl.where((parent == node) & (node < nodes) & (nodes < size), child_tokens, -1)
-        lanes = tl.arange(0, BLOCK_V)
-
-        kept_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
-        residual_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
-        for start in range(0, vocab, BLOCK_V):
-            token = start + lanes
-            weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
-            kept_sum += weight
-            rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
-            residual_sum += tl.where(rejected, 0.0, weight)
-        kept_sum = tl.sum(kept_sum, 0)
-        residual_sum = tl.sum(residual_sum, 0)
-
-        # Inverse CDF draws by cumulative weight in token order: block sums find the block where each running sum
-        # passes its target, and only that block is scanned token by token. No mass outside the children happens only
-        # through rounding or a coin >= 1: the draw then ignores the rejection.
-        reject = tl.where(residual_sum > 0.0, 1, 0) != 0
-        residual_target = uniform * tl.where(reject, residual_sum, kept_sum)
-        full_target = uniform * kept_sum
-        residual_carry = 0.0
-        full_carry = 0.0
-        residual_first = vocab
-        full_first = vocab
-        residual_last = tl.full([BLOCK_V], -1, tl.int32)
-        full_last = tl.full([BLOCK_V], -1, tl.int32)
-        for start in range(0, vocab, BLOCK_V):
-            token = start + lanes
-            weight = _kept_weight(row_ptr, token, vocab, temperature, top, kth_key, nucleus_key, nucleus_cut)
-            rejected = _rejected_in_block(token, start, child_tokens, tokens_ptr, parent_ptr, base, node, size, BLOCK_V)
-            residual = tl.where(reject & rejected, 0.0, weight)
-            residual_block = tl.sum(residual, 0)
-            full_block = tl.sum(weight, 0)
-            if tl.where(residual_carry + residual_block > residual_target, residual_first == vocab, False):
-                residual_first = _first_above(residual, token, residual_carry, residual_target, vocab)
-            if tl.where(full_carry + full_block > full_target, full_first == vocab, False):
-                full_first = _first_above(weight, token, full_carry, full_target, vocab)
-            residual_carry += residual_block
-            full_carry += full_block
-            residual_last = tl.maximum(residual_last, tl.where(residual > 0.0, token, -1))
-            full_last = tl.maximum(full_last, tl.where(weight > 0.0, token, -1))
-        _store_row(
-            stats,
-            row,
+        stats = (row_max_ptr, kth_key_ptr, nucleus_key_ptr, nucleus_cut_ptr, kept_sum_ptr, row_bonus_ptr)
+        _streamed_row(
+            row_ptr,
             top,
             kth_key,
             nucleus_key,
             nucleus_cut,
-            kept_sum,
-            tl.where(residual_first < vocab, residual_first, tl.max(residual_last, 0)),
-            tl.where(full_first < vocab, full_first, tl.max(full_last, 0)),
+            temperature,
+            tl.load(uniforms_ptr + seq * (path_len + 1) + path_len),
+            tokens_ptr,
+            parent_ptr,
+            seq * size,
+            row % size,
+            size,
+            vocab,
+            stats,
+            row,
+            BLOCK_V,
+            BLOCK_T,
         )
 
 
@@ -532,11 +553,12 @@ def posterior_sample_kernel_rows(
     nucleus_cut_ptr,  # [B * T] i64
     kept_sum_ptr,  # [B * T] f32
     row_bonus_ptr,  # [B * T, 2] i64: (children rejected, children untested)
-    streamed_ptr,  # [B * T] i32: whether the row is left to the search and streamed launches
+    searched_ptr,  # [B * T] i32: whether the row is left to the search and streamed launches
     size,
     vocab,
     path_len,
     BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     CANDIDATES: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -577,11 +599,36 @@ def posterior_sample_kernel_rows(
             row,
             CANDIDATES,
         )
-    else:
-        # Too many survivors to sort: the search and streamed launches finish the row from its max and top-k key.
+    searched = (count > CANDIDATES) & (tl.where((top_p > 0.0) & (top_p < 1.0), 1, 0) != 0)
+    if searched:
+        # Top-p's boundary among too many survivors to sort: the search launches find it, side by side in chunks of
+        # the row, and the streamed launch finishes the row from its max and top-k key.
         tl.store(row_max_ptr + row, top)
         tl.store(kth_key_ptr + row, kth_key)
-    tl.store(streamed_ptr + row, (count > CANDIDATES).to(tl.int32))
+    elif count > CANDIDATES:
+        nucleus_key, nucleus_cut = _nucleus(
+            row_ptr, vocab, temperature, top, kth_key, top_p, kth_key, tl.full([], 1.0, tl.float32), BLOCK_V
+        )
+        _streamed_row(
+            row_ptr,
+            top,
+            kth_key,
+            nucleus_key,
+            nucleus_cut,
+            temperature,
+            uniform,
+            tokens_ptr,
+            parent_ptr,
+            base,
+            node,
+            size,
+            vocab,
+            stats,
+            row,
+            BLOCK_V,
+            BLOCK_T,
+        )
+    tl.store(searched_ptr + row, searched.to(tl.int32))
 
 
 @triton.jit
@@ -695,7 +742,7 @@ def posterior_sample_triton(
     block_t = triton.next_power_of_2(size)
     block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(vocab))
     candidates = min(_MAX_CANDIDATES, triton.next_power_of_2(vocab))
-    streamed = tree_tokens.new_empty(rows, dtype=torch.int32)
+    searched = tree_tokens.new_empty(rows, dtype=torch.int32)
     posterior_sample_kernel_rows[(rows,)](
         logits_ptr=target_logits,
         tokens_ptr=tree_tokens,
@@ -706,11 +753,12 @@ def posterior_sample_triton(
         uniforms_ptr=uniforms,
         candidates_ptr=tree_tokens.new_empty((rows, candidates)),
         **stats,
-        streamed_ptr=streamed,
+        searched_ptr=searched,
         size=size,
         vocab=vocab,
         path_len=max_depth + 2,
         BLOCK_V=block_v,
+        BLOCK_T=block_t,
         CANDIDATES=candidates,
         num_warps=8,
     )
@@ -728,7 +776,7 @@ def posterior_sample_triton(
             top_p_ptr=top_p,
             row_max_ptr=stats["row_max_ptr"],
             kth_key_ptr=stats["kth_key_ptr"],
-            streamed_ptr=streamed,
+            searched_ptr=searched,
             **search,
             size=size,
             vocab=vocab,
@@ -747,7 +795,7 @@ def posterior_sample_triton(
         temperature_ptr=temperature,
         top_p_ptr=top_p,
         uniforms_ptr=uniforms,
-        streamed_ptr=streamed,
+        searched_ptr=searched,
         **search,
         **stats,
         size=size,
