@@ -6,7 +6,17 @@ import pytest
 
 from model.cli import main
 
-RUNNABLE = {"acceptance", "baselines", "e2e", "ops", "profile_step", "soak", "step_check", "sweep_topk_expand"}
+RUNNABLE = {
+    "acceptance",
+    "baselines",
+    "compare_revisions",
+    "e2e",
+    "ops",
+    "profile_step",
+    "soak",
+    "step_check",
+    "sweep_topk_expand",
+}
 # The listing test imports every benchmark into this process, so runpy warns when it runs one again; a real
 # `eagle-ops bench NAME` process imports it once.
 RERUN = pytest.mark.filterwarnings("ignore:'benchmarks.soak' found in sys.modules:RuntimeWarning")
