@@ -31,6 +31,7 @@ def load_lowering(path: Path, op: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ValueError(f"--baseline: {path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there while the file runs
     spec.loader.exec_module(module)
     if not hasattr(module, f"{op}_triton"):
         raise ValueError(f"--baseline: {path} defines no {op}_triton (is it eagle_ops/lowering/{op}.py?)")

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 import eagle_ops.lowering.posterior_sample as shipped
+import eagle_ops.lowering.tree_attention as shipped_attention
 from benchmarks.compare_revisions import load_lowering, markdown_table
 
 
@@ -10,6 +11,11 @@ def test_a_baseline_loads_as_a_module_of_its_own():
     baseline = load_lowering(Path(shipped.__file__), "posterior_sample")
     assert baseline.posterior_sample_triton is not shipped.posterior_sample_triton
     assert baseline.posterior_sample_kernel_rows is not shipped.posterior_sample_kernel_rows
+
+
+def test_a_baseline_with_dataclasses_loads():
+    baseline = load_lowering(Path(shipped_attention.__file__), "tree_attention")
+    assert baseline._LaunchConfig is not shipped_attention._LaunchConfig
 
 
 def test_a_baseline_without_the_lowering_is_refused(tmp_path):
