@@ -606,6 +606,7 @@ def posterior_sample_kernel_rows(
         tl.store(row_max_ptr + row, top)
         tl.store(kth_key_ptr + row, kth_key)
     elif count > CANDIDATES:
+        # Not searched: top-p keeps every token or (top_p <= 0) the last alone; neither reads the key or the sum.
         nucleus_key, nucleus_cut = _nucleus(
             row_ptr, vocab, temperature, top, kth_key, top_p, kth_key, tl.full([], 1.0, tl.float32), BLOCK_V
         )

@@ -308,7 +308,8 @@ def test_reference_follows_the_contract(step):
 
 # Blocks of 4 tokens: several blocks per row, so every running count, carry and "does a child fall in this block"
 # test works across blocks, which the default sizes only do with vocabularies of hundreds. Room for 4 top-k
-# survivors: rows with more take the streamed path, which the default room only does with vocabularies above 1024.
+# survivors: rows with more take the streamed path, which the default room only does with vocabularies above 1024,
+# and their top-p search splits each row into chunks of blocks (4 chunks in vocabularies of 13 to 24 tokens).
 SMALL_BLOCKS = {"default blocks": {}, "tiny blocks": {"_MAX_BLOCK_V": 4, "_MAX_CANDIDATES": 4}}
 
 
