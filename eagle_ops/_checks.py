@@ -23,6 +23,7 @@ class Signature:
     def __init__(self, op: str, **known_sizes: int) -> None:
         self.op = op
         self.sizes: dict[str, int] = dict(known_sizes)
+        self.bound_by: dict[str, str] = {}  # the first argument that gave each dimension its size
         self.device: torch.device | None = None
         self.device_source = ""
 
@@ -52,6 +53,8 @@ class Signature:
                 f"`{name}` must have {len(names)} dims [{', '.join(names)}], got shape {list(value.shape)}"
             )
         for axis, (dim, size) in enumerate(zip(names, value.shape, strict=True)):
+            if not dim.isdigit() and dim not in self.sizes:
+                self.bound_by[dim] = name
             expected = int(dim) if dim.isdigit() else self.sizes.setdefault(dim, size)
             if size != expected:
                 wanted = [int(d) if d.isdigit() else self.sizes.get(d, d) for d in names]
@@ -68,6 +71,15 @@ class Signature:
             )
         if contiguous and not value.is_contiguous():
             raise self.error(f"`{name}` must be contiguous (call .contiguous()), got strides {list(value.stride())}")
+
+    def nonempty(self) -> None:
+        """Every dimension seen so far but the batch must be at least 1; an empty batch gives empty outputs."""
+        for dim, size in self.sizes.items():
+            if size < 1 and dim != "B":
+                raise self.error(
+                    f"every dimension but the batch must be at least 1, got {dim} = {size} "
+                    f"(from `{self.bound_by.get(dim, dim)}`)"
+                )
 
     def positive(self, name: str, value: object, *, at_most: int | None = None) -> None:
         """Check an int argument is >= 1 (and <= at_most when given)."""

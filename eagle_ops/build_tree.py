@@ -16,9 +16,10 @@ def _validate(scores: object, tokens: object, parents: object, root: object, tre
     check.tensor("tokens", tokens, "B Nc", INDEX_DTYPES)
     check.tensor("parents", parents, "B Np", INDEX_DTYPES)
     check.tensor("root", root, "B", INDEX_DTYPES)
+    check.nonempty()
     candidates, parent_rows = check.sizes["Nc"], check.sizes["Np"]
     # Nc = K + D*K*K and Np = 1 + D*K give Nc = K * Np: one K, and one D, fit both sizes or none does.
-    width = candidates // parent_rows if parent_rows >= 1 else 0
+    width = candidates // parent_rows
     if width < 1 or candidates != width * parent_rows or (parent_rows - 1) % width != 0:
         raise check.error(
             f"`scores` and `parents` must have Nc = K + D*K*K candidates and Np = 1 + D*K parent rows for some "

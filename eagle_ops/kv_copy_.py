@@ -15,6 +15,7 @@ def _validate(cache: object, cache_len: object, accept_path: object) -> None:
     check.tensor("cache", cache, "L 2 B Hkv S Dh", FLOAT_DTYPES)
     check.tensor("cache_len", cache_len, "B", INDEX_DTYPES)
     check.tensor("accept_path", accept_path, "B P", INDEX_DTYPES)
+    check.nonempty()
 
 
 def _fake(cache: torch.Tensor, cache_len: torch.Tensor, accept_path: torch.Tensor) -> None:

@@ -20,6 +20,7 @@ def check_tree(
     check.tensor("tree_tokens", tree_tokens, "B T", INDEX_DTYPES)
     check.tensor("tree_parent", tree_parent, "B T", INDEX_DTYPES)
     check.tensor("target_logits", target_logits, "B T V", FLOAT_DTYPES)
+    check.nonempty()
     check.non_negative("max_depth", max_depth)
     return check
 

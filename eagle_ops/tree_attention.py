@@ -19,9 +19,7 @@ def _validate(q, k_cache, v_cache, cache_len, tree_mask, scale) -> None:
     sig.tensor("v_cache", v_cache, "B Hkv S Dh", (q.dtype,))
     sig.tensor("cache_len", cache_len, "B", INDEX_DTYPES)
     sig.tensor("tree_mask", tree_mask, "B Tq Tk", (torch.bool,))
-    for dim, size in sig.sizes.items():
-        if size < 1:
-            raise sig.error(f"every dimension must be at least 1, got {dim} = {size}")
+    sig.nonempty()
     if sig.sizes["Hq"] % sig.sizes["Hkv"] != 0:
         raise sig.error(
             f"the query heads of `q` (Hq = {sig.sizes['Hq']}) must be a multiple of the kv heads of `k_cache` "

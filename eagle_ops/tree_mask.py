@@ -13,6 +13,7 @@ from eagle_ops.reference.tree_mask import tree_mask_reference
 def _validate(tree_parent: object, max_depth: object) -> None:
     check = Signature("tree_mask")
     check.tensor("tree_parent", tree_parent, "B T", INDEX_DTYPES)
+    check.nonempty()
     check.positive("max_depth", max_depth)
 
 

@@ -15,6 +15,15 @@ import pytest
 import torch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def lowering_path() -> contextlib.AbstractContextManager:
+    """Where the registered ops run the Triton lowerings for tensors on DEVICE (the interpreter on CPU)."""
+    from eagle_ops._library import triton_on_cpu
+
+    return triton_on_cpu() if DEVICE.type == "cpu" else contextlib.nullcontext()
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 INT_POISON = -7777

@@ -17,7 +17,6 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from benchmarks.ops.tree_attention import TreeAttentionSizes, cases
 from eagle_ops._checks import FLOAT_DTYPES
-from eagle_ops._library import triton_on_cpu
 from eagle_ops.lowering import tree_attention as lowering
 from eagle_ops.lowering.tree_attention import tree_attention_triton
 from eagle_ops.reference.tree_attention import tree_attention_reference
@@ -28,6 +27,7 @@ from tests.support import (
     assert_compiles_for_sm90,
     assert_exact,
     assert_no_host_sync,
+    lowering_path,
     poisoned_like,
     traced_aten_graph,
 )
@@ -102,11 +102,6 @@ def lowered(inputs: Inputs) -> torch.Tensor:
     result = tree_attention_triton(*inputs, out=(out,))
     assert result is out
     return out
-
-
-def lowering_path() -> contextlib.AbstractContextManager:
-    """Where the registered op runs the Triton lowering for tensors on DEVICE."""
-    return triton_on_cpu() if DEVICE.type == "cpu" else contextlib.nullcontext()
 
 
 @st.composite

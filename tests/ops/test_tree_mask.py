@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from hypothesis import example, given
@@ -11,7 +9,6 @@ from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from benchmarks.ops.tree_mask import TreeMaskSizes, cases
-from eagle_ops._library import triton_on_cpu
 from eagle_ops.lowering.tree_mask import tree_mask_triton
 from eagle_ops.reference.tree_mask import tree_mask_reference
 from eagle_ops.tree_mask import tree_mask
@@ -20,6 +17,7 @@ from tests.support import (
     assert_compiles_for_sm90,
     assert_exact,
     assert_no_host_sync,
+    lowering_path,
     poisoned_like,
     traced_aten_graph,
 )
@@ -33,11 +31,6 @@ CHAIN = parents(list(range(-1, 7)))
 STAR = parents([-1, 0, 0, 0, 0, 0])
 # A root with a parent, a parent after its node, -1 at a non-root, below -1, two valid links, a self loop, huge values.
 MALFORMED = parents([3, 5, -1, -2, 2, 4, 6, -(2**62), 2**62])
-
-
-def lowering_path() -> contextlib.AbstractContextManager:
-    """Where the registered op runs the Triton lowering for tensors on DEVICE."""
-    return triton_on_cpu() if DEVICE.type == "cpu" else contextlib.nullcontext()
 
 
 @st.composite
