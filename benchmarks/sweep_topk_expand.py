@@ -30,7 +30,10 @@ CHUNKS = {1: (8, 16, 32), 16: (1, 2, 4, 8), 64: (1, 2, 4, 8)}
 
 def plans(batch: int) -> Iterator[tuple[int, int, int, int]]:
     """(group, tile, warps, chunks per row), 4 to 32 logits per thread."""
-    for group, tile, warps, chunks in itertools.product((32, 64), (512, 1024, 2048), (2, 4), CHUNKS.get(batch, (1,))):
+    # 8 warps: the shipped 4 leave 96 registers a thread and 5 programs an SM (ptxas, sm_90a), so B = 64's 640
+    # programs over Vd = 32000 run as one wave, all streaming and then all ranking at once.
+    grid = itertools.product((32, 64), (512, 1024, 2048), (2, 4, 8), CHUNKS.get(batch, (1,)))
+    for group, tile, warps, chunks in grid:
         if 4 <= tile // (32 * warps) <= 32:
             yield group, tile, warps, chunks
 
