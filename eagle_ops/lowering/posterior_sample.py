@@ -744,20 +744,24 @@ def posterior_sample_triton(
     block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(vocab))
     candidates = min(_MAX_CANDIDATES, triton.next_power_of_2(vocab))
     searched = tree_tokens.new_empty(rows, dtype=torch.int32)
+    # What the rows, streamed and walk launches all read.
+    tree = {
+        "logits_ptr": target_logits,
+        "tokens_ptr": tree_tokens,
+        "parent_ptr": tree_parent,
+        "temperature_ptr": temperature,
+        "uniforms_ptr": uniforms,
+        "size": size,
+        "vocab": vocab,
+        "path_len": max_depth + 2,
+    }
     posterior_sample_kernel_rows[(rows,)](
-        logits_ptr=target_logits,
-        tokens_ptr=tree_tokens,
-        parent_ptr=tree_parent,
-        temperature_ptr=temperature,
+        **tree,
         top_k_ptr=top_k,
         top_p_ptr=top_p,
-        uniforms_ptr=uniforms,
         candidates_ptr=tree_tokens.new_empty((rows, candidates)),
         **stats,
         searched_ptr=searched,
-        size=size,
-        vocab=vocab,
-        path_len=max_depth + 2,
         BLOCK_V=block_v,
         BLOCK_T=block_t,
         CANDIDATES=candidates,
@@ -790,18 +794,11 @@ def posterior_sample_triton(
             num_warps=8,
         )
     posterior_sample_kernel_streamed[(rows,)](
-        logits_ptr=target_logits,
-        tokens_ptr=tree_tokens,
-        parent_ptr=tree_parent,
-        temperature_ptr=temperature,
+        **tree,
         top_p_ptr=top_p,
-        uniforms_ptr=uniforms,
         searched_ptr=searched,
         **search,
         **stats,
-        size=size,
-        vocab=vocab,
-        path_len=max_depth + 2,
         rows=rows,
         BLOCK_V=block_v,
         BLOCK_T=block_t,
@@ -811,21 +808,14 @@ def posterior_sample_triton(
         num_warps=8,
     )
     posterior_sample_kernel_walk[(batch,)](
-        logits_ptr=target_logits,
-        tokens_ptr=tree_tokens,
-        parent_ptr=tree_parent,
-        temperature_ptr=temperature,
-        uniforms_ptr=uniforms,
+        **tree,
         **stats,
         accept_len_ptr=accept_len,
         accept_path_ptr=accept_path,
         emitted_ptr=emitted,
         bonus_ptr=bonus,
-        size=size,
-        vocab=vocab,
         # A walk moves to a larger index at every step, so it never takes more than size - 1 steps.
         steps=min(max_depth + 1, size - 1),
-        path_len=max_depth + 2,
         BLOCK_T=block_t,
         # No path holds more than `size` nodes, nor emits more than `size` tokens: later slots are only padding.
         BLOCK_P=triton.next_power_of_2(min(max_depth + 2, size)),
