@@ -1,8 +1,8 @@
 """Sweep `topk_expand`'s launch plan at the benchmark shapes on the GPU: how its plan constants were chosen.
 
-    python -m benchmarks.sweep_topk_expand --out DIR
+    python -m benchmarks.sweep_topk_expand --out DIR [--batch 64] [--vocab 32000]
 
-Every plan (group width, tile, warps, chunks per row) at B in {1, 16, 64}, F = k = 10, bf16 logits over Vd = 32000
+Every plan (row width, tile, warps, chunks per row) at B in {1, 16, 64}, F = k = 10, bf16 logits over Vd = 32000
 (with d2t) and 128256 is first checked against the reference (tokens exact, scores within 1e-5), then timed
 replayed from a CUDA graph. One JSON row per plan goes to ``<out>/sweep_topk_expand.jsonl``.
 """
@@ -25,26 +25,25 @@ from eagle_ops.lowering import topk_expand as lowering
 from eagle_ops.reference.topk_expand import topk_expand_reference
 from eagle_ops.topk_expand import Expansion
 
-CHUNKS = {1: (8, 16, 32), 16: (1, 2, 4, 8), 64: (1, 2, 4, 8)}
+CHUNKS = {1: (8, 16, 32), 16: (1, 2, 4, 8), 64: (1, 2, 4)}
 
 
 def plans(batch: int) -> Iterator[tuple[int, int, int, int]]:
-    """(group, tile, warps, chunks per row), 4 to 32 logits per thread."""
-    # 8 warps: the shipped 4 leave 96 registers a thread and 5 programs an SM (ptxas, sm_90a), so B = 64's 640
-    # programs over Vd = 32000 run as one wave, all streaming and then all ranking at once.
-    grid = itertools.product((32, 64), (512, 1024, 2048), (2, 4, 8), CHUNKS.get(batch, (1,)))
-    for group, tile, warps, chunks in grid:
-        if 4 <= tile // (32 * warps) <= 32:
-            yield group, tile, warps, chunks
+    """(row bytes, tile, warps, chunks per row), 8 to 64 logits per thread."""
+    # Larger tiles put more bytes in flight: at B = 64 over Vd = 32000 the 640 programs are 5 an SM.
+    grid = itertools.product((16,), (1024, 2048, 4096, 8192), (2, 4, 8), CHUNKS.get(batch, (1,)))
+    for row_bytes, tile, warps, chunks in grid:
+        if 8 <= tile // (32 * warps) <= 64:
+            yield row_bytes, tile, warps, chunks
 
 
-def run_plan(args: tuple, group: int, tile: int, warps: int, chunks: int) -> Expansion:
+def run_plan(args: tuple, row_bytes: int, tile: int, warps: int, chunks: int) -> Expansion:
     """``topk_expand_triton`` launched with the given plan instead of its own."""
-    vocab = args[0].shape[-1]
-    tiles = triton.cdiv(vocab, tile)
+    logits = args[0]
+    tiles = triton.cdiv(logits.shape[-1], tile)
     tiles_per_chunk = triton.cdiv(tiles, min(chunks, tiles))
-    group = min(group, tile)
-    plan = lowering._Plan(group, tile // group, tiles_per_chunk, triton.cdiv(tiles, tiles_per_chunk))
+    row = min(tile, max(1, row_bytes // logits.element_size()))
+    plan = lowering._Plan(row, tile // row, tiles_per_chunk, triton.cdiv(tiles, tiles_per_chunk))
     with mock.patch.object(lowering, "_plan", lambda *_: plan), mock.patch.object(lowering, "NUM_WARPS", warps):
         return Expansion(*lowering.topk_expand_triton(*args))
 
@@ -65,19 +64,24 @@ def inputs(batch: int, vocab: int, with_d2t: bool, sizes: TopkExpandSizes, devic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    out = parser.parse_args().out
+    parser.add_argument("--batch", type=int, nargs="*", default=GPU_SIZES.batches, help="only these batch sizes")
+    parser.add_argument("--vocab", type=int, nargs="*", help="only these draft vocabularies (default: all)")
+    parsed = parser.parse_args()
+    out = parsed.out
     out.mkdir(parents=True, exist_ok=True)
     bandwidth = read_bandwidth_gbps()
     generator = torch.Generator().manual_seed(0)
     with (out / "sweep_topk_expand.jsonl").open("a") as sink:
-        for (vocab, with_d2t), batch in itertools.product(GPU_SIZES.vocabularies, GPU_SIZES.batches):
+        for (vocab, with_d2t), batch in itertools.product(GPU_SIZES.vocabularies, parsed.batch):
+            if parsed.vocab and vocab not in parsed.vocab:
+                continue
             args = inputs(batch, vocab, with_d2t, GPU_SIZES, "cuda", generator)
             want = Expansion(*topk_expand_reference(*args))
             floor_ms = args[0].nbytes / (bandwidth * 1e9) * 1e3
             for plan in plans(batch):
                 ok = agrees(run_plan(args, *plan), want)
                 _, ms, _ = time_graph_ms(lambda args=args, plan=plan: run_plan(args, *plan))
-                row = dict(zip(("group", "tile", "warps", "chunks"), plan, strict=True))
+                row = dict(zip(("row_bytes", "tile", "warps", "chunks"), plan, strict=True))
                 row |= {"B": batch, "Vd": vocab, "ms": round(ms, 5), "x_floor": round(ms / floor_ms, 2), "ok": ok}
                 print(json.dumps(row), flush=True)
                 sink.write(json.dumps(row) + "\n")

@@ -1,12 +1,13 @@
 """Triton lowering of `topk_expand`: one kernel, one program per (frontier row, vocabulary chunk).
 
-Each program reads its chunk once as groups of consecutive logits, keeping an online softmax (the running max and
-the sum of ``exp(logit - max)``, rescaled as the max grows) and every group's max. The chunk's top k logits lie in
-its k groups of largest max, so it then ranks the logits of those groups only, read again from L2 (the top-k of
-the logits is the top-k of the log-probs). The last program to finish a row's chunks merges them into the row's
-log-sum-exp and children; the last to finish a sequence's F rows scores their children into the level and picks
-the next frontier among the F*k of them. Log-softmax over the vocabulary is never materialised; splitting rows
-into chunks fills the GPU when B*F is small, and the merges of early rows overlap the streaming of the others.
+Each program reads its chunk once as tiles of rows of consecutive logits, each thread keeping, per row lane (row
+r of every tile), an online softmax (the running max and the sum of ``exp(logit - max)``, rescaled as the max
+grows) and the first row that reached the max. The chunk's top k logits lie in its k best lanes, and there in their
+k best rows: it ranks those, read again from L2 (the top-k of the logits is the top-k of the log-probs). The last
+program to finish a row's chunks merges them into the row's log-sum-exp and children; the last to finish a
+sequence's F rows scores their children into the level and picks the next frontier among the F*k of them.
+Log-softmax over the vocabulary is never materialised; splitting rows into chunks fills the GPU when B*F is small,
+and the merges of early rows overlap the streaming of the others.
 
 Every ranking compares int64 keys packing (score, index), so that one max finds the best element and breaks ties
 by the smaller index, and takes k rounds of (max, remove it).
@@ -87,65 +88,117 @@ def _log_sum_exp(max_, sum_):
 
 @triton.jit
 def _top_k(keys, k, BLOCK_K: tl.constexpr):
-    """``[BLOCK_K]``: the k largest of the 2-D ``keys``, largest first (then NO_KEY)."""
+    """``[BLOCK_K]``: the k largest of ``keys`` (any shape), largest first (then NO_KEY)."""
+    # Flat, each round is one reduction (whatever the layout, a max of a max reduced every partial across threads).
+    keys = tl.reshape(keys, [keys.numel], can_reorder=True)
     lanes = tl.arange(0, BLOCK_K)
     top = tl.full([BLOCK_K], NO_KEY, tl.int64)
     for rank in range(k):
-        best = tl.max(tl.max(keys, axis=1), axis=0)
+        best = tl.max(keys, axis=0)
         top = tl.where(lanes == rank, best, top)
         keys = tl.where(keys == best, NO_KEY, keys)
     return top
 
 
 @triton.jit
-def _stream_tile(x, tile, lane_max, lane_sum, group_max, tile_slots):
-    """Fold one ``[groups, GROUP]`` tile of float32 logits into the per-lane online softmax and the group maxima."""
+def _stream_tile(x, row_starts, lane_max, lane_sum, seg_max, seg_row):
+    """Fold one ``[ROWS, ROW]`` tile of float32 logits into each row lane's online softmax and its segment's first
+    best row. Every step stays inside one thread."""
     # A NaN or +inf logit turns the sum NaN (exp(NaN), or inf - inf once the max is +inf): the row is then not
     # valid and its ranking is not used, so such logits need no special case here.
-    tile_group_max = tl.max(x, axis=1)
-    new_max = tl.maximum(lane_max, tile_group_max)
+    row_max = tl.max(x, axis=1)
+    # Strict: among equal maxima the first row, of the smallest indices, stays.
+    seg_row = tl.where(row_max > seg_max, row_starts, seg_row)
+    seg_max = tl.maximum(seg_max, row_max)
+    new_max = tl.maximum(lane_max, row_max)
     shift = _shift(new_max)
     # The rescale is exactly 1 while the max stands (a rounding there would compound over the tiles); each term is
     # one fused multiply-add and an exp2.
     rescale = tl.exp2((lane_max - shift) * LOG2E)
     lane_sum = lane_sum * rescale + tl.sum(tl.exp2(x * LOG2E - (shift * LOG2E)[:, None]), axis=1)
-    group_max = tl.where(tile_slots[None, :] == tile, tile_group_max[:, None], group_max)
-    return new_max, lane_sum, group_max
+    return new_max, lane_sum, seg_max, seg_row
 
 
 @triton.jit
-def _rank_chunk(row_ptr, first, num_tiles, vocab_size, k, GROUP, GROUPS_PER_TILE, BLOCK_TILES, BLOCK_K):
-    """``(max, sum of exp(logit - max), top keys [BLOCK_K])`` of the chunk of ``num_tiles`` tiles from ``first``."""
-    offsets = tl.arange(0, GROUPS_PER_TILE)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-    tile_slots = tl.arange(0, BLOCK_TILES)
-    tile_span = GROUPS_PER_TILE * GROUP
-    # Pass 1 streams the chunk as tiles of GROUPS_PER_TILE groups of GROUP logits, keeping per group lane an online
-    # softmax (max, sum of exp(logit - max)) and every group's max, [group lane, tile]; no step needs other warps.
-    # Tiles wholly inside the vocabulary load without a mask.
-    lane_max = tl.full([GROUPS_PER_TILE], float("-inf"), tl.float32)
-    lane_sum = tl.zeros([GROUPS_PER_TILE], tl.float32)
-    group_max = tl.full([GROUPS_PER_TILE, BLOCK_TILES], float("-inf"), tl.float32)
-    full_tiles = tl.minimum(num_tiles, (vocab_size - first) // tile_span)
-    for tile in range(full_tiles):
-        x = tl.load(row_ptr + first + tile * tile_span + offsets).to(tl.float32)
-        lane_max, lane_sum, group_max = _stream_tile(x, tile, lane_max, lane_sum, group_max, tile_slots)
-    for tile in range(full_tiles, num_tiles):
-        vocab = first + tile * tile_span + offsets
-        x = tl.load(row_ptr + vocab, mask=vocab < vocab_size, other=float("-inf")).to(tl.float32)
-        lane_max, lane_sum, group_max = _stream_tile(x, tile, lane_max, lane_sum, group_max, tile_slots)
+def _rank_lane_rows(row_ptr, best_lanes, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TILES, BLOCK_K):
+    """``[BLOCK_K]`` keys of the k best rows of the lanes ``best_lanes`` (keys of their first best rows)."""
+    lane_present = best_lanes != NO_KEY
+    tile_span = ROWS * ROW
+    segment_span = SEGMENT_TILES * tile_span
+    in_chunk = tl.where(lane_present, _unpack_index(best_lanes) - first, 0)
+    segment_first = first + in_chunk // segment_span * segment_span
+    lane_first = segment_first + in_chunk % tile_span
+    tiles = tl.arange(0, SEGMENT_TILES)
+    lane_tiles = tl.minimum(SEGMENT_TILES, num_tiles - (segment_first - first) // tile_span)
+    row_starts = lane_first[:, None] + tiles[None, :] * tile_span  # [BLOCK_K, SEGMENT_TILES]
+    row_ok = lane_present[:, None] & (tiles[None, :] < lane_tiles[:, None]) & (row_starts < vocab_size)
+    # One row a thread, as in pass 1: the row max needs no other thread.
+    row_starts = tl.reshape(row_starts, [BLOCK_K * SEGMENT_TILES])
+    row_ok = tl.reshape(row_ok, [BLOCK_K * SEGMENT_TILES])
+    vocab = row_starts[:, None] + tl.arange(0, ROW)[None, :]
+    x = tl.load(row_ptr + vocab, mask=row_ok[:, None] & (vocab < vocab_size), other=float("-inf"))
+    row_keys = tl.where(row_ok, _pack(tl.max(x.to(tl.float32), axis=1), row_starts), NO_KEY)
+    return _top_k(row_keys, k, BLOCK_K)
+
+
+@triton.jit
+def _rank_chunk(row_ptr, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TILES, BLOCK_SEGMENTS, BLOCK_K):
+    """``(max, sum of exp(logit - max), top keys [BLOCK_K])`` of the chunk of ``num_tiles`` tiles from ``first``.
+
+    A tile is ROWS rows of ROW consecutive logits. Row r of the tiles of one segment (SEGMENT_TILES tiles) make a
+    lane. Any partition of rows will do: the chunk's top k logits lie in its k best parts ranked by (max, index of
+    the first row reaching it), since a logit of any other part ranks below that part's first best row's max, and
+    so below the k parts' ones. Here: within the k best lanes they lie in the k best rows, and there they are ranked
+    themselves.
+    """
+    lanes = tl.arange(0, ROWS)
+    in_row = tl.arange(0, ROW)
+    offsets = lanes[:, None] * ROW + in_row[None, :]
+    tile_span = ROWS * ROW
+    segment_span = SEGMENT_TILES * tile_span
+    segment_slots = tl.arange(0, BLOCK_SEGMENTS)
+    # Pass 1 streams the chunk tile by tile; tiles wholly inside the vocabulary load without a mask, pipelined
+    # (62 against 66 us at B = 64 over 128256 logits on the H200).
+    lane_max = tl.full([ROWS], float("-inf"), tl.float32)
+    lane_sum = tl.zeros([ROWS], tl.float32)
+    lane_keys = tl.full([ROWS, BLOCK_SEGMENTS], NO_KEY, tl.int64)
+    for segment in range(tl.cdiv(num_tiles, SEGMENT_TILES)):
+        segment_first = first + segment * segment_span
+        segment_tiles = tl.minimum(SEGMENT_TILES, num_tiles - segment * SEGMENT_TILES)
+        seg_max = tl.full([ROWS], float("-inf"), tl.float32)
+        seg_row = segment_first + lanes * ROW  # a lane that never beats -inf: its first row reached its max
+        full_tiles = tl.minimum(segment_tiles, (vocab_size - segment_first) // tile_span)
+        for tile in tl.range(full_tiles, num_stages=3):
+            start = segment_first + tile * tile_span
+            x = tl.load(row_ptr + start + offsets).to(tl.float32)
+            lane_max, lane_sum, seg_max, seg_row = _stream_tile(
+                x, start + lanes * ROW, lane_max, lane_sum, seg_max, seg_row
+            )
+        for tile in range(full_tiles, segment_tiles):
+            start = segment_first + tile * tile_span
+            vocab = start + offsets
+            x = tl.load(row_ptr + vocab, mask=vocab < vocab_size, other=float("-inf")).to(tl.float32)
+            lane_max, lane_sum, seg_max, seg_row = _stream_tile(
+                x, start + lanes * ROW, lane_max, lane_sum, seg_max, seg_row
+            )
+        keys = tl.where(segment_first + lanes * ROW < vocab_size, _pack(seg_max, seg_row), NO_KEY)
+        lane_keys = tl.where(segment_slots[None, :] == segment, keys[:, None], lane_keys)
     chunk_max, chunk_sum = _combine(lane_max, lane_sum)
 
-    # The chunk's top k logits lie in its k best groups, ranked by (group max, then smaller group id): a logit of
-    # any other group has k logits above it, the maxima of those k groups. So pass 2 ranks only them.
-    group_ids = tile_slots[None, :] * GROUPS_PER_TILE + tl.arange(0, GROUPS_PER_TILE)[:, None]
-    in_chunk = (tile_slots[None, :] < num_tiles) & (first + group_ids * GROUP < vocab_size)
-    best_groups = _top_k(tl.where(in_chunk, _pack(group_max, group_ids), NO_KEY), k, BLOCK_K)
+    # Pass 2 ranks the lanes, then reads the rows of the k best again (from L2: the chunk was just read) and ranks
+    # them; pass 3 reads the k best rows' logits and ranks those. Fewer than k lanes, rows or logits in the chunk
+    # leave NO_KEY lanes. Segments of one tile make lanes of one row: pass 2 then has nothing to rank.
+    best_lanes = _top_k(lane_keys, k, BLOCK_K)
+    if SEGMENT_TILES == 1:
+        best_rows = best_lanes  # a lane is one row
+    else:
+        best_rows = _rank_lane_rows(
+            row_ptr, best_lanes, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TILES, BLOCK_K
+        )
 
-    # Pass 2 reads those groups again (from L2: the chunk was just read) and ranks their logits. A chunk of fewer
-    # than k groups ranks all of them; a chunk of fewer than k logits leaves NO_KEY lanes.
-    present = best_groups != NO_KEY
-    vocab = first + tl.where(present, _unpack_index(best_groups), 0)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-    readable = present[:, None] & (vocab < vocab_size)
+    row_present = best_rows != NO_KEY
+    vocab = tl.where(row_present, _unpack_index(best_rows), 0)[:, None] + in_row[None, :]
+    readable = row_present[:, None] & (vocab < vocab_size)
     x = tl.load(row_ptr + vocab, mask=readable, other=float("-inf")).to(tl.float32)
     top = _top_k(tl.where(readable, _pack(x, vocab), NO_KEY), k, BLOCK_K)
     return chunk_max, chunk_sum, top
@@ -168,7 +221,7 @@ def _merge_row(chunk_max_ptr, chunk_sum_ptr, chunk_key_ptr, row, k, num_chunks, 
         other=NO_KEY,
         cache_modifier=".cg",
     )
-    return _log_sum_exp(row_max, row_sum), _top_k(keys[None, :], k, BLOCK_K)
+    return _log_sum_exp(row_max, row_sum), _top_k(keys, k, BLOCK_K)
 
 
 @triton.jit
@@ -248,9 +301,10 @@ def topk_expand_kernel(
     k,
     num_chunks,
     tiles_per_chunk,
-    GROUP: tl.constexpr,
-    GROUPS_PER_TILE: tl.constexpr,
-    BLOCK_TILES: tl.constexpr,
+    ROW: tl.constexpr,
+    ROWS: tl.constexpr,
+    SEGMENT_TILES: tl.constexpr,
+    BLOCK_SEGMENTS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_F: tl.constexpr,
@@ -258,10 +312,19 @@ def topk_expand_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    first = chunk * tiles_per_chunk * GROUPS_PER_TILE * GROUP
-    num_tiles = tl.minimum(tiles_per_chunk, tl.cdiv(vocab_size - first, GROUPS_PER_TILE * GROUP))
+    first = chunk * tiles_per_chunk * ROWS * ROW
+    num_tiles = tl.minimum(tiles_per_chunk, tl.cdiv(vocab_size - first, ROWS * ROW))
     chunk_max, chunk_sum, top = _rank_chunk(
-        logits_ptr + row * vocab_size, first, num_tiles, vocab_size, k, GROUP, GROUPS_PER_TILE, BLOCK_TILES, BLOCK_K
+        logits_ptr + row * vocab_size,
+        first,
+        num_tiles,
+        vocab_size,
+        k,
+        ROW,
+        ROWS,
+        SEGMENT_TILES,
+        BLOCK_SEGMENTS,
+        BLOCK_K,
     )
     lanes = tl.arange(0, BLOCK_K)
     # The last program to finish a row's chunks merges the row, and the last to finish a sequence's rows expands
@@ -291,37 +354,36 @@ def topk_expand_kernel(
             )  # fmt: skip
 
 
-# A program reads tiles of up to MAX_TILE logits (16 per thread of its NUM_WARPS warps). Rows split into chunks
-# until about TARGET_PROGRAMS programs run (more only for chunks of over MAX_TILES_PER_CHUNK tiles, at most
-# MAX_CHUNKS): on the H200 (132 SMs) one chunk per row was fastest at B*F = 640 and two at 160. Groups are at least
-# MIN_GROUP logits, wider where a chunk would hold more than MAX_GROUP_SLOTS group maxima: its ranking of groups is
-# k passes over all of them. Measured at B = 1, 16, 64, F = 10, Vd = 32000 and 128256 (runs in BENCHMARKS.md).
-MAX_TILE = 2048
+# A program reads tiles of up to MAX_TILE logits (32 per thread of its NUM_WARPS warps), as rows of ROW_BYTES (one
+# vector load a thread). Rows split into chunks until about TARGET_PROGRAMS programs run (more only for chunks of
+# over MAX_TILES_PER_CHUNK tiles, at most MAX_CHUNKS): on the H200 (132 SMs) one chunk per row was fastest at
+# B*F = 640 and two at 160. Lanes restart every SEGMENT_TILES tiles, so that pass 2 reads at most that many rows
+# of a lane. Measured at B = 1, 16, 64, F = 10, Vd = 32000 and 128256 (runs in BENCHMARKS.md).
+MAX_TILE = 4096
+ROW_BYTES = 16
 NUM_WARPS = 4
 TARGET_PROGRAMS = 320
 MAX_TILES_PER_CHUNK = 64
 MAX_CHUNKS = 16
-MIN_GROUP = 32
-MAX_GROUP_SLOTS = 2048
+SEGMENT_TILES = 16
 
 
 @dataclass(frozen=True)
 class _Plan:
-    group: int
-    groups_per_tile: int
+    row: int
+    rows_per_tile: int
     tiles_per_chunk: int
     num_chunks: int
 
 
-def _plan(rows: int, vocab: int) -> _Plan:
-    """Group and tile sizes and chunking, from the shapes alone (deterministic launches)."""
+def _plan(rows: int, vocab: int, element_size: int) -> _Plan:
+    """Row and tile sizes and chunking, from the shapes alone (deterministic launches)."""
     tile = min(MAX_TILE, triton.next_power_of_2(vocab))
+    row = min(tile, max(1, ROW_BYTES // element_size))
     tiles = triton.cdiv(vocab, tile)
     wanted = max(triton.cdiv(TARGET_PROGRAMS, rows), triton.cdiv(tiles, MAX_TILES_PER_CHUNK))
     tiles_per_chunk = triton.cdiv(tiles, min(wanted, MAX_CHUNKS, tiles))
-    narrowest = tile * triton.next_power_of_2(tiles_per_chunk) // MAX_GROUP_SLOTS
-    group = min(tile, max(MIN_GROUP, narrowest))
-    return _Plan(group, tile // group, tiles_per_chunk, triton.cdiv(tiles, tiles_per_chunk))
+    return _Plan(row, tile // row, tiles_per_chunk, triton.cdiv(tiles, tiles_per_chunk))
 
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -370,7 +432,8 @@ def topk_expand_triton(
     else:
         _check_out(logits, k, out)
     rows = batch * frontier
-    plan = _plan(rows, vocab)
+    plan = _plan(rows, vocab, logits.element_size())
+    segment_tiles = min(SEGMENT_TILES, triton.next_power_of_2(plan.tiles_per_chunk))
     device = logits.device
     chunk_max = chunk_sum = chunk_key = None
     if plan.num_chunks > 1:
@@ -397,9 +460,10 @@ def topk_expand_triton(
         k=k,
         num_chunks=plan.num_chunks,
         tiles_per_chunk=plan.tiles_per_chunk,
-        GROUP=plan.group,
-        GROUPS_PER_TILE=plan.groups_per_tile,
-        BLOCK_TILES=triton.next_power_of_2(plan.tiles_per_chunk),
+        ROW=plan.row,
+        ROWS=plan.rows_per_tile,
+        SEGMENT_TILES=segment_tiles,
+        BLOCK_SEGMENTS=triton.next_power_of_2(triton.cdiv(plan.tiles_per_chunk, segment_tiles)),
         BLOCK_C=triton.next_power_of_2(plan.num_chunks),
         BLOCK_N=triton.next_power_of_2(plan.num_chunks * k),
         BLOCK_F=triton.next_power_of_2(frontier),

@@ -153,15 +153,16 @@ def assert_matches(got: tuple, want: tuple, args: tuple) -> None:
             assert_exact(name, g, w)
 
 
-# The plan as shipped (on these vocabularies one tile of groups of 32 per row), and with groups of 4 in tiles of 16:
-# all in one chunk of many tiles, in chunks of two tiles, and with groups widened to keep few group maxima, so that
-# the group ranking picks among many groups, tiles and chunks.
-SMALL_GROUPS = {"MIN_GROUP": 4, "MAX_TILE": 16, "TARGET_PROGRAMS": 1}
+# The plan as shipped (on these vocabularies one tile per row), and tiles of 16 logits in rows of 8 bytes: all in
+# one chunk of many tiles, in chunks of two tiles, in segments of two tiles and in rows of one logit, so that the
+# lane, row and logit rankings pick among many lanes, segments, tiles and chunks.
+SMALL_TILES = {"ROW_BYTES": 8, "MAX_TILE": 16, "TARGET_PROGRAMS": 1}
 PLANS = {
-    "shipped plan": {"MIN_GROUP": lowering.MIN_GROUP},
-    "one chunk": {**SMALL_GROUPS, "MAX_TILES_PER_CHUNK": 64},
-    "chunks of two tiles": {**SMALL_GROUPS, "MAX_TILES_PER_CHUNK": 2},
-    "wide groups": {**SMALL_GROUPS, "MAX_TILES_PER_CHUNK": 64, "MAX_GROUP_SLOTS": 8},
+    "shipped plan": {"MAX_TILE": lowering.MAX_TILE},
+    "one chunk": {**SMALL_TILES, "MAX_TILES_PER_CHUNK": 64},
+    "chunks of two tiles": {**SMALL_TILES, "MAX_TILES_PER_CHUNK": 2},
+    "segments of two tiles": {**SMALL_TILES, "MAX_TILES_PER_CHUNK": 64, "SEGMENT_TILES": 2},
+    "rows of one logit": {**SMALL_TILES, "MAX_TILES_PER_CHUNK": 64, "ROW_BYTES": 1},
 }
 
 
@@ -181,9 +182,9 @@ def test_log_softmax_stays_accurate_over_long_rows():
     # drifted 1e-4 over 126 tiles on the H200, where the fused multiply-add rounds differently from the interpreter.
     # A correct float32 sum stays within a few units in the last place of scores below 64 in magnitude (2^-18 each).
     if DEVICE.type == "cuda":
-        vocab, plan = 128256, {"MIN_GROUP": lowering.MIN_GROUP}
+        vocab, plan = 128256, {"MAX_TILE": lowering.MAX_TILE}
     else:
-        vocab, plan = 4096, {**SMALL_GROUPS, "MAX_TILES_PER_CHUNK": 256}  # 256 tiles in one chunk
+        vocab, plan = 4096, {**SMALL_TILES, "MAX_TILES_PER_CHUNK": 256}  # 256 tiles in one chunk
     generator = torch.Generator().manual_seed(0)
     logits = (4 * torch.randn(2, 3, vocab, generator=generator)).to(DEVICE, torch.bfloat16)
     frontier_scores = (-10 * torch.rand(2, 3, generator=generator)).to(DEVICE)
@@ -357,7 +358,7 @@ def test_kernels_compile_for_sm90():
     def launch() -> None:
         for level in shapes:
             topk_expand_triton(*level.inputs())
-        with mock.patch.multiple(lowering, MIN_GROUP=4, MAX_TILE=16, TARGET_PROGRAMS=1, MAX_TILES_PER_CHUNK=32):
+        with mock.patch.multiple(lowering, ROW_BYTES=8, MAX_TILE=16, TARGET_PROGRAMS=1, MAX_TILES_PER_CHUNK=32):
             topk_expand_triton(*many_tiles.inputs())
 
     assert_compiles_for_sm90(launch)
