@@ -89,7 +89,8 @@ def _log_sum_exp(max_, sum_):
 @triton.jit
 def _top_k(keys, k, BLOCK_K: tl.constexpr):
     """``[BLOCK_K]``: the k largest of ``keys`` (any shape), largest first (then NO_KEY)."""
-    # Flat, each round is one reduction (whatever the layout, a max of a max reduced every partial across threads).
+    # Flattened, a round is one reduction: a max over one axis, then the other, exchanged every partial between
+    # threads (396 instead of 68 instructions a round at the [16, 16] rows of pass 2, sm_90a).
     keys = tl.reshape(keys, [keys.numel], can_reorder=True)
     lanes = tl.arange(0, BLOCK_K)
     top = tl.full([BLOCK_K], NO_KEY, tl.int64)
