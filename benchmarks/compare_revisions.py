@@ -3,10 +3,12 @@
     git show a040e00:eagle_ops/lowering/posterior_sample.py > runs/posterior_sample_a040e00.py
     python -m benchmarks.compare_revisions --op posterior_sample --baseline runs/posterior_sample_a040e00.py
 
-The baseline file is loaded as a module of its own (the device machine's copy of the tree has no git history, so the
-file is made where it has). Every case of ``benchmarks.ops.OP`` is checked and timed inside a CUDA graph three
-ways, one after another: the eager reference, the work tree's lowering and the baseline's (swapped in for the
-case's ``OP_triton``). Rows go to ``<out>/compare.csv`` and ``<out>/compare.md`` as each case finishes.
+Each baseline file is loaded as a module of its own (the device machine's copy of the tree has no git history, so
+the files are made where it has); several may be given, named by ``--label`` or else by their file names. Every
+case of ``benchmarks.ops.OP`` is checked and timed inside a CUDA graph, one version after another: the eager
+reference, the work tree's lowering and each baseline's (swapped in for the case's ``OP_triton``); a reference that
+syncs with the host cannot be captured and times NaN (``topk_expand``'s). Rows go to ``<out>/compare.csv`` and
+``<out>/compare.md`` as each case finishes.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from benchmarks.harness import stamp, time_graph_ms, write_csv
 from benchmarks.ops.__main__ import OPS
 
 
-def load_lowering(path: Path, op: str) -> ModuleType:
+def load_lowering(path: Path, op: str, label: str = "baseline") -> ModuleType:
     """The module in ``path`` (a copy of ``eagle_ops/lowering/OP.py`` from another commit), under a name of its own."""
-    spec = importlib.util.spec_from_file_location(f"baseline_{op}", path)
+    spec = importlib.util.spec_from_file_location(f"{op}_{label}", path)
     if spec is None or spec.loader is None:
         raise ValueError(f"--baseline: {path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
@@ -38,11 +40,13 @@ def load_lowering(path: Path, op: str) -> ModuleType:
     return module
 
 
-def run(op: str, baseline: ModuleType, label: str, out: Path) -> list[dict]:
+def run(op: str, baselines: dict[str, ModuleType], out: Path) -> list[dict]:
     stamped = stamp()
     cases = importlib.import_module(f"benchmarks.ops.{op}")
     lowering = f"{op}_triton"
-    versions = {"work tree": getattr(cases, lowering), label: getattr(baseline, lowering)}
+    versions = {"work tree": getattr(cases, lowering)} | {
+        label: getattr(module, lowering) for label, module in baselines.items()
+    }
     rows = []
     for case in cases.cases("cuda"):
         timings = {"reference": time_graph_ms(case.candidates["reference"])[1]}
@@ -80,15 +84,18 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--op", required=True, choices=OPS)
-    parser.add_argument("--baseline", type=Path, required=True, help="a copy of eagle_ops/lowering/OP.py")
-    parser.add_argument("--label", default="baseline", help="the baseline's name in the rows (its commit, say)")
+    parser.add_argument("--baseline", type=Path, nargs="+", required=True, help="copies of eagle_ops/lowering/OP.py")
+    parser.add_argument("--label", nargs="+", help="the baselines' names in the rows (default: their file names)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
+    labels = args.label or [path.stem for path in args.baseline]
+    if len(labels) != len(args.baseline) or len(set(labels)) != len(labels):
+        parser.error(f"--label: one distinct name per baseline ({len(args.baseline)}), got {labels}")
+    baselines = {label: load_lowering(path, args.op, label) for label, path in zip(labels, args.baseline, strict=True)}
     if not torch.cuda.is_available():
         sys.exit("benchmarks.compare_revisions needs a CUDA device")
-    baseline = load_lowering(args.baseline, args.op)
     args.out.mkdir(parents=True, exist_ok=True)
-    run(args.op, baseline, args.label, args.out)
+    run(args.op, baselines, args.out)
 
 
 if __name__ == "__main__":
