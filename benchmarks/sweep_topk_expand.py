@@ -30,7 +30,8 @@ CHUNKS = {1: (8, 16, 32), 16: (1, 2, 4, 8), 64: (1, 2, 4)}
 
 def plans(batch: int) -> Iterator[tuple[int, int, int, int]]:
     """(row bytes, tile, warps, chunks per row), 8 to 64 logits per thread."""
-    # Larger tiles put more bytes in flight: at B = 64 over Vd = 32000 the 640 programs are 5 an SM.
+    # Larger tiles put more bytes in flight: at B = 64 over Vd = 32000 the 640 programs are 5 an SM. Rows of 32
+    # bytes were slower than rows of one 16-byte vector at B = 64 over both vocabularies (BENCHMARKS.md).
     grid = itertools.product((16,), (1024, 2048, 4096, 8192), (2, 4, 8), CHUNKS.get(batch, (1,)))
     for row_bytes, tile, warps, chunks in grid:
         if 8 <= tile // (32 * warps) <= 64:
