@@ -65,8 +65,8 @@ def inputs(batch: int, vocab: int, with_d2t: bool, sizes: TopkExpandSizes, devic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--batch", type=int, nargs="*", default=GPU_SIZES.batches, help="only these batch sizes")
-    parser.add_argument("--vocab", type=int, nargs="*", help="only these draft vocabularies (default: all)")
+    parser.add_argument("--batch", type=int, nargs="+", default=GPU_SIZES.batches, help="only these batch sizes")
+    parser.add_argument("--vocab", type=int, nargs="+", help="only these draft vocabularies (default: all)")
     parsed = parser.parse_args()
     out = parsed.out
     out.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,6 @@ def _validate(logits: object, frontier_scores: object, d2t: object, k: object) -
     check.tensor("frontier_scores", frontier_scores, "B F", (torch.float32,))
     if d2t is not None:
         check.tensor("d2t", d2t, "Vd", INDEX_DTYPES)
-    if check.sizes["F"] < 1:
-        raise check.error(f"`logits` must have at least one frontier node, got shape {list(logits.shape)}")
     check.nonempty()
     check.positive("k", k, at_most=min(check.sizes["Vd"], MAX_K))
 
