@@ -3,7 +3,6 @@ no access outside the outputs whatever the scores and parents."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -13,7 +12,6 @@ from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from benchmarks.ops.build_tree import BuildTreeSizes, cases
-from eagle_ops._library import triton_on_cpu
 from eagle_ops.build_tree import build_tree
 from eagle_ops.lowering.build_tree import build_tree_triton
 from eagle_ops.reference.build_tree import build_tree_reference
@@ -22,6 +20,7 @@ from tests.support import (
     assert_compiles_for_sm90,
     assert_exact,
     assert_no_host_sync,
+    lowering_path,
     poisoned_like,
     traced_aten_graph,
 )
@@ -41,11 +40,6 @@ def tree_inputs(
     tokens = TOKENS_PER_SEQUENCE * sequence[:, None] + torch.arange(candidates, device=device)
     root = 2**40 + sequence
     return scores_t, tokens, torch.tensor(parents, dtype=torch.int64, device=device), root, tree_size
-
-
-def lowering_path() -> contextlib.AbstractContextManager:
-    """Where the registered op runs the Triton lowering for tensors on DEVICE."""
-    return triton_on_cpu() if DEVICE.type == "cpu" else contextlib.nullcontext()
 
 
 # Non-positive log-probability steps, with ties (0) and -inf; and arbitrary scores, with NaN, ±inf and ±0.

@@ -3,8 +3,6 @@ validation, and no access outside the cache whatever the lengths and paths."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from hypothesis import example, given
@@ -13,18 +11,19 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from benchmarks.ops.kv_copy_ import KvCopySizes, cases
 from eagle_ops._checks import FLOAT_DTYPES
-from eagle_ops._library import triton_on_cpu
 from eagle_ops.kv_copy_ import kv_copy_
 from eagle_ops.lowering.kv_copy_ import kv_copy_triton
 from eagle_ops.reference.kv_copy_ import kv_copy_reference
-from tests.support import DEVICE, assert_compiles_for_sm90, assert_exact, assert_no_host_sync, traced_aten_graph
+from tests.support import (
+    DEVICE,
+    assert_compiles_for_sm90,
+    assert_exact,
+    assert_no_host_sync,
+    lowering_path,
+    traced_aten_graph,
+)
 
 Copy = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def lowering_path() -> contextlib.AbstractContextManager:
-    """Where the registered op runs the Triton lowering for tensors on DEVICE."""
-    return triton_on_cpu() if DEVICE.type == "cpu" else contextlib.nullcontext()
 
 
 def random_cache(shape: tuple[int, ...], dtype: torch.dtype, seed: int, device: torch.device = DEVICE) -> torch.Tensor:

@@ -15,7 +15,6 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from benchmarks.ops.posterior_greedy import PosteriorSizes, cases
 from eagle_ops._checks import FLOAT_DTYPES
-from eagle_ops._library import triton_on_cpu
 from eagle_ops.lowering import posterior_greedy as lowering
 from eagle_ops.lowering.posterior_greedy import posterior_greedy_triton
 from eagle_ops.posterior_greedy import posterior_greedy
@@ -25,6 +24,7 @@ from tests.support import (
     assert_compiles_for_sm90,
     assert_exact,
     assert_no_host_sync,
+    lowering_path,
     poisoned_like,
     traced_aten_graph,
 )
@@ -32,11 +32,6 @@ from tests.support import (
 Step = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
 OUTPUT_NAMES = ("accept_len", "accept_path", "emitted", "bonus")
 NAN, INF = float("nan"), float("inf")
-
-
-def lowering_path() -> contextlib.AbstractContextManager:
-    """Where the registered op runs the Triton lowering for tensors on DEVICE."""
-    return triton_on_cpu() if DEVICE.type == "cpu" else contextlib.nullcontext()
 
 
 def index(rows: list[list[int]]) -> torch.Tensor:

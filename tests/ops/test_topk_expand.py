@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from unittest import mock
@@ -14,7 +13,6 @@ from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from benchmarks.ops.topk_expand import TopkExpandSizes, cases
-from eagle_ops._library import triton_on_cpu
 from eagle_ops.lowering import topk_expand as lowering
 from eagle_ops.lowering.topk_expand import topk_expand_triton
 from eagle_ops.reference.topk_expand import topk_expand_reference
@@ -24,17 +22,13 @@ from tests.support import (
     assert_compiles_for_sm90,
     assert_exact,
     assert_no_host_sync,
+    lowering_path,
     poisoned_like,
     traced_aten_graph,
 )
 
 OUTPUTS = Expansion._fields
 INF = float("inf")
-
-
-def lowering_path() -> contextlib.AbstractContextManager:
-    """Where the registered op runs the Triton lowering for tensors on DEVICE."""
-    return triton_on_cpu() if DEVICE.type == "cpu" else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
