@@ -9,11 +9,14 @@ sequence's F rows scores their children into the level and picks the next fronti
 Log-softmax over the vocabulary is never materialised; splitting rows into chunks fills the GPU when B*F is small,
 and the merges of early rows overlap the streaming of the others.
 
-Every ranking compares int64 keys packing (score, index), so that one max finds the best element and breaks ties
-by the smaller index. The lanes are ranked in k rounds of (max, remove it); everything else by a bitonic top-k
-network (``tl.topk``), whose compare-and-swaps each exchange keys between two threads at most. On the H200 the
-network made the step 1.1 to 1.3x faster, but at the lanes, whose keys come laid out one per row of a tile, it
-shuffled them through shared memory and was slower than the rounds (B = 64, V = 128256: 73 against 58 us).
+Every ranking compares integer keys packing (score, index), so that one max finds the best element and breaks
+ties by the smaller index: int64 keys, but int32 ones for lanes and rows of 16-bit logits (their max and the row's
+number in the chunk fit 16 bits each). The lanes are ranked in k rounds of (max, remove it); everything else by a
+bitonic top-k network (``tl.topk``), whose compare-and-swaps each exchange keys between two threads at most. At
+the lanes, whose keys come laid out one per row of a tile, the network moved them through shared memory and was
+slower than the rounds. H200, B = 64, Vd = 32000 / V = 128256: 28.1 / 61.1 us with rounds everywhere, 24.7 /
+58.0 with the network but at the lanes, 21.7 / 53.0 with int32 keys too, 22.7 / 61.9 with the network at the
+lanes as well (BENCHMARKS.md, seventh session).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ INT32_MAX = 2**31 - 1
 INDEX_FLIP = tl.constexpr(INT32_MAX)  # a key's low half is INDEX_FLIP - index: the smaller index, the larger key
 LOG2E = tl.constexpr(1.4426950408889634)
 NO_KEY = tl.constexpr(-(2**63))  # below every key of a real element: a removed or absent one
+ROW_FLIP = tl.constexpr(0xFFFF)  # a row key's low half is ROW_FLIP - row
+NO_ROW_KEY = tl.constexpr(-(2**31))
 
 
 @triton.jit
@@ -55,6 +60,27 @@ def _unpack_score(key):
 @triton.jit
 def _unpack_index(key):
     return -(key.to(tl.int32) - INDEX_FLIP)  # the truncation keeps the low half, which is below 2**31
+
+
+@triton.jit
+def _pack_row(score, row, DTYPE: tl.constexpr):
+    """One int32 per (score, row) ordered as _pack's keys, for scores of a 16-bit float type DTYPE and a row's number
+    within its chunk below ROW_FLIP: half as wide, so half the exchanges a ranking round."""
+    bits = tl.where(score == 0.0, 0.0, score).to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFF, bits)
+    return (ordered << 16) | -(row - ROW_FLIP)
+
+
+@triton.jit
+def _row_key(score, row_start, first, ROW: tl.constexpr, COMPACT: tl.constexpr, DTYPE: tl.constexpr):
+    """The key of a row (or a lane) by its max: _pack_row's if COMPACT, else _pack's."""
+    return _pack_row(score, (row_start - first) // ROW, DTYPE) if COMPACT else _pack(score, row_start)
+
+
+@triton.jit
+def _row_start(key, first, ROW: tl.constexpr, COMPACT: tl.constexpr):
+    """The first logit's index of the row of a key from _row_key."""
+    return first + -((key & ROW_FLIP) - ROW_FLIP) * ROW if COMPACT else _unpack_index(key)
 
 
 @triton.jit
@@ -90,29 +116,29 @@ def _log_sum_exp(max_, sum_):
 
 
 @triton.jit
-def _top_k_rounds(keys, k, BLOCK_K: tl.constexpr):
+def _top_k_rounds(keys, k, BLOCK_K: tl.constexpr, NONE: tl.constexpr):
     """``[BLOCK_K]``: the k largest of ``keys`` (any shape), largest first (then NO_KEY), in k rounds of a max."""
     # Flattened, a round is one reduction: a max over one axis, then the other, exchanged every partial between
     # threads (396 instead of 68 instructions a round at the [16, 16] rows of pass 2, sm_90a).
     keys = tl.reshape(keys, [keys.numel], can_reorder=True)
     lanes = tl.arange(0, BLOCK_K)
-    top = tl.full([BLOCK_K], NO_KEY, tl.int64)
+    top = tl.full([BLOCK_K], NONE, keys.dtype)
     for rank in range(k):
         best = tl.max(keys, axis=0)
         top = tl.where(lanes == rank, best, top)
-        keys = tl.where(keys == best, NO_KEY, keys)
+        keys = tl.where(keys == best, NONE, keys)
     return top
 
 
 @triton.jit
-def _top_k(keys, k, BLOCK_K: tl.constexpr):
+def _top_k(keys, k, BLOCK_K: tl.constexpr, NONE: tl.constexpr):
     """``[BLOCK_K]``: the k largest of ``keys`` (any shape), largest first (then NO_KEY), by a bitonic network
     (which needs at least two outputs and as many keys as outputs: else by rounds)."""
     keys = tl.reshape(keys, [keys.numel], can_reorder=True)
     if BLOCK_K > 1 and keys.numel >= BLOCK_K:
-        top = tl.where(tl.arange(0, BLOCK_K) < k, tl.topk(keys, BLOCK_K), NO_KEY)
+        top = tl.where(tl.arange(0, BLOCK_K) < k, tl.topk(keys, BLOCK_K), NONE)
     else:
-        top = _top_k_rounds(keys, k, BLOCK_K)
+        top = _top_k_rounds(keys, k, BLOCK_K, NONE)
     return top
 
 
@@ -136,12 +162,14 @@ def _stream_tile(x, row_starts, lane_max, lane_sum, seg_max, seg_row):
 
 
 @triton.jit
-def _rank_lane_rows(row_ptr, best_lanes, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TILES, BLOCK_K):
+def _rank_lane_rows(
+    row_ptr, best_lanes, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TILES, BLOCK_K, COMPACT, NO_ROW
+):
     """``[BLOCK_K]`` keys of the k best rows of the lanes ``best_lanes`` (keys of their first best rows)."""
-    lane_present = best_lanes != NO_KEY
+    lane_present = best_lanes != NO_ROW
     tile_span = ROWS * ROW
     segment_span = SEGMENT_TILES * tile_span
-    in_chunk = tl.where(lane_present, _unpack_index(best_lanes) - first, 0)
+    in_chunk = tl.where(lane_present, _row_start(best_lanes, first, ROW, COMPACT) - first, 0)
     segment_first = first + in_chunk // segment_span * segment_span
     lane_first = segment_first + in_chunk % tile_span
     tiles = tl.arange(0, SEGMENT_TILES)
@@ -153,12 +181,15 @@ def _rank_lane_rows(row_ptr, best_lanes, first, num_tiles, vocab_size, k, ROW, R
     row_ok = tl.reshape(row_ok, [BLOCK_K * SEGMENT_TILES])
     vocab = row_starts[:, None] + tl.arange(0, ROW)[None, :]
     x = tl.load(row_ptr + vocab, mask=row_ok[:, None] & (vocab < vocab_size), other=float("-inf"))
-    row_keys = tl.where(row_ok, _pack(tl.max(x.to(tl.float32), axis=1), row_starts), NO_KEY)
-    return _top_k(row_keys, k, BLOCK_K)
+    row_max = tl.max(x.to(tl.float32), axis=1)
+    row_keys = tl.where(row_ok, _row_key(row_max, row_starts, first, ROW, COMPACT, row_ptr.dtype.element_ty), NO_ROW)
+    return _top_k(row_keys, k, BLOCK_K, NO_ROW)
 
 
 @triton.jit
-def _rank_chunk(row_ptr, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TILES, BLOCK_SEGMENTS, BLOCK_K):
+def _rank_chunk(
+    row_ptr, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TILES, BLOCK_SEGMENTS, BLOCK_K, COMPACT: tl.constexpr
+):
     """``(max, sum of exp(logit - max), top keys [BLOCK_K])`` of the chunk of ``num_tiles`` tiles from ``first``.
 
     A tile is ROWS rows of ROW consecutive logits. Row r of the tiles of one segment (SEGMENT_TILES tiles) make a
@@ -177,7 +208,8 @@ def _rank_chunk(row_ptr, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TIL
     # (62 against 66 us at B = 64 over 128256 logits on the H200).
     lane_max = tl.full([ROWS], float("-inf"), tl.float32)
     lane_sum = tl.zeros([ROWS], tl.float32)
-    lane_keys = tl.full([ROWS, BLOCK_SEGMENTS], NO_KEY, tl.int64)
+    NO_ROW: tl.constexpr = NO_ROW_KEY if COMPACT else NO_KEY
+    lane_keys = tl.full([ROWS, BLOCK_SEGMENTS], NO_ROW, tl.int32 if COMPACT else tl.int64)
     for segment in range(tl.cdiv(num_tiles, SEGMENT_TILES)):
         segment_first = first + segment * segment_span
         segment_tiles = tl.minimum(SEGMENT_TILES, num_tiles - segment * SEGMENT_TILES)
@@ -197,26 +229,27 @@ def _rank_chunk(row_ptr, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TIL
             lane_max, lane_sum, seg_max, seg_row = _stream_tile(
                 x, start + lanes * ROW, lane_max, lane_sum, seg_max, seg_row
             )
-        keys = tl.where(segment_first + lanes * ROW < vocab_size, _pack(seg_max, seg_row), NO_KEY)
+        keys = _row_key(seg_max, seg_row, first, ROW, COMPACT, row_ptr.dtype.element_ty)
+        keys = tl.where(segment_first + lanes * ROW < vocab_size, keys, NO_ROW)
         lane_keys = tl.where(segment_slots[None, :] == segment, keys[:, None], lane_keys)
     chunk_max, chunk_sum = _combine(lane_max, lane_sum)
 
     # Pass 2 ranks the lanes, then reads the rows of the k best again (from L2: the chunk was just read) and ranks
     # them; pass 3 reads the k best rows' logits and ranks those. Fewer than k lanes, rows or logits in the chunk
     # leave NO_KEY lanes. Segments of one tile make lanes of one row: pass 2 then has nothing to rank.
-    best_lanes = _top_k_rounds(lane_keys, k, BLOCK_K)
+    best_lanes = _top_k_rounds(lane_keys, k, BLOCK_K, NO_ROW)
     if SEGMENT_TILES == 1:
         best_rows = best_lanes  # a lane is one row
     else:
         best_rows = _rank_lane_rows(
-            row_ptr, best_lanes, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TILES, BLOCK_K
+            row_ptr, best_lanes, first, num_tiles, vocab_size, k, ROW, ROWS, SEGMENT_TILES, BLOCK_K, COMPACT, NO_ROW
         )
 
-    row_present = best_rows != NO_KEY
-    vocab = tl.where(row_present, _unpack_index(best_rows), 0)[:, None] + in_row[None, :]
+    row_present = best_rows != NO_ROW
+    vocab = tl.where(row_present, _row_start(best_rows, first, ROW, COMPACT), 0)[:, None] + in_row[None, :]
     readable = row_present[:, None] & (vocab < vocab_size)
     x = tl.load(row_ptr + vocab, mask=readable, other=float("-inf")).to(tl.float32)
-    top = _top_k(tl.where(readable, _pack(x, vocab), NO_KEY), k, BLOCK_K)
+    top = _top_k(tl.where(readable, _pack(x, vocab), NO_KEY), k, BLOCK_K, NO_KEY)
     return chunk_max, chunk_sum, top
 
 
@@ -237,7 +270,7 @@ def _merge_row(chunk_max_ptr, chunk_sum_ptr, chunk_key_ptr, row, k, num_chunks, 
         other=NO_KEY,
         cache_modifier=".cg",
     )
-    return _log_sum_exp(row_max, row_sum), _top_k(keys, k, BLOCK_K)
+    return _log_sum_exp(row_max, row_sum), _top_k(keys, k, BLOCK_K, NO_KEY)
 
 
 @triton.jit
@@ -281,7 +314,7 @@ def _expand_sequence(
     tl.store(level_scores_ptr + level + flat, scores, mask=in_level)
     tl.store(level_tokens_ptr + level + flat, tokens, mask=in_level)
 
-    chosen = _top_k(tl.where(in_level, _pack(scores, flat), NO_KEY), k, BLOCK_K)
+    chosen = _top_k(tl.where(in_level, _pack(scores, flat), NO_KEY), k, BLOCK_K, NO_KEY)
     lanes = tl.arange(0, BLOCK_K)
     in_top = lanes < k
     next_index = tl.where(in_top, _unpack_index(chosen), 0)
@@ -325,6 +358,7 @@ def topk_expand_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_F: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    COMPACT_ROW_KEYS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
@@ -341,6 +375,7 @@ def topk_expand_kernel(
         SEGMENT_TILES,
         BLOCK_SEGMENTS,
         BLOCK_K,
+        COMPACT_ROW_KEYS,
     )
     lanes = tl.arange(0, BLOCK_K)
     # The last program to finish a row's chunks merges the row, and the last to finish a sequence's rows expands
@@ -484,6 +519,7 @@ def topk_expand_triton(
         BLOCK_N=triton.next_power_of_2(plan.num_chunks * k),
         BLOCK_F=triton.next_power_of_2(frontier),
         BLOCK_K=triton.next_power_of_2(k),
+        COMPACT_ROW_KEYS=logits.element_size() == 2 and plan.tiles_per_chunk * plan.rows_per_tile <= ROW_FLIP.value,
         num_warps=NUM_WARPS,
     )
     return out
