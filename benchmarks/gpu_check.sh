@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_check.sh "$OUT" [pytest paths...]
 #   STAGES="baselines soak" bash benchmarks/gpu_check.sh "$OUT"
 # Stages (all by default, in this order; name fewer in STAGES to fit a device command's 10 minutes):
-#   tests      the CUDA tests with the large hypothesis profile, a process per file (the paths given, else tests/ops)
+#   tests      the CUDA tests with the large hypothesis profile, a process per test function (the paths given, else
+#              tests/ops); the list in $1/gpu_tests.txt, the failures in $1/gpu_tests_failed.txt
 #   ops        every op's lowering against its reference (OPS narrows it: OPS=tree_attention,kv_copy_)
 #   baselines  end to end against transformers generate at B = 1 and B = 16
 #   soak       B = 16, at least 10,000 new tokens per sequence through the captured step
@@ -22,17 +23,15 @@ e2e() {  # e2e DIR ARGS...: one e2e call with its own results folder (e2e.md and
   mkdir -p "$dir"
   timeout 570 python -m benchmarks.e2e --out "$dir" "$@" 2>&1 | tee "$dir/e2e.log"
 }
-tests() {  # tests [PATHS...]: one pytest process per test file, side by side (the CPU side of the large profile is the
-  # slow part: tests/ops took 5 minutes in four processes on the H200, and did not finish in 5.5 one file after another;
-  # a process per file, the slowest, tree_attention, took 6.2 minutes)
-  local files=("${@:-tests/ops}") pids=() status=0
-  mapfile -t files < <(find "${files[@]}" -name 'test_*.py' | sort)
-  for file in "${files[@]}"; do
-    timeout 540 python -m pytest -q -p no:cacheprovider "$file" > "$out/gpu_tests_$(basename "$file" .py).log" 2>&1 &
-    pids+=($!)
-  done
-  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-  tail -n 2 "$out"/gpu_tests_*.log
+tests() {  # tests [PATHS...]: one pytest process per test function (its parametrizations together), 12 at a time.
+  # The CPU side of the large profile is the slow part (a kernel compiled for each new shape): a process per file once
+  # fitted, but topk_expand's file took over 9 minutes alone once its rankings became networks (seventh session).
+  local paths=("${@:-tests/ops}") status=0
+  python -m pytest -q -p no:cacheprovider --collect-only "${paths[@]}" | sed -n '/::/{s/\[.*//;p;}' | sort -u > "$out/gpu_tests.txt"
+  xargs -P 12 -I{} sh -c 'timeout 540 python -m pytest -q -p no:cacheprovider "$1" > "$2/gpu_tests_$(echo "$1" | tr "/:." "___").log" 2>&1 ||
+    echo "FAILED $1"' _ {} "$out" < "$out/gpu_tests.txt" | tee "$out/gpu_tests_failed.txt"
+  [ -s "$out/gpu_tests_failed.txt" ] && status=1
+  echo "$(wc -l < "$out/gpu_tests.txt") test functions, $(wc -l < "$out/gpu_tests_failed.txt") failed or timed out"
   return $status
 }
 failed=
