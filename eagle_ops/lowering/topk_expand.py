@@ -117,7 +117,7 @@ def _log_sum_exp(max_, sum_):
 
 @triton.jit
 def _top_k_rounds(keys, k, BLOCK_K: tl.constexpr, NONE: tl.constexpr):
-    """``[BLOCK_K]``: the k largest of ``keys`` (any shape), largest first (then NO_KEY), in k rounds of a max."""
+    """``[BLOCK_K]``: the k largest of ``keys`` (any shape), largest first (then NONE), in k rounds of a max."""
     # Flattened, a round is one reduction: a max over one axis, then the other, exchanged every partial between
     # threads (396 instead of 68 instructions a round at the [16, 16] rows of pass 2, sm_90a).
     keys = tl.reshape(keys, [keys.numel], can_reorder=True)
@@ -132,7 +132,7 @@ def _top_k_rounds(keys, k, BLOCK_K: tl.constexpr, NONE: tl.constexpr):
 
 @triton.jit
 def _top_k(keys, k, BLOCK_K: tl.constexpr, NONE: tl.constexpr):
-    """``[BLOCK_K]``: the k largest of ``keys`` (any shape), largest first (then NO_KEY), by a bitonic network
+    """``[BLOCK_K]``: the k largest of ``keys`` (any shape), largest first (then NONE), by a bitonic network
     (which needs at least two outputs and as many keys as outputs: else by rounds)."""
     keys = tl.reshape(keys, [keys.numel], can_reorder=True)
     if BLOCK_K > 1 and keys.numel >= BLOCK_K:
@@ -236,7 +236,7 @@ def _rank_chunk(
 
     # Pass 2 ranks the lanes, then reads the rows of the k best again (from L2: the chunk was just read) and ranks
     # them; pass 3 reads the k best rows' logits and ranks those. Fewer than k lanes, rows or logits in the chunk
-    # leave NO_KEY lanes. Segments of one tile make lanes of one row: pass 2 then has nothing to rank.
+    # leave NO_ROW or NO_KEY keys. Segments of one tile make lanes of one row: pass 2 then has nothing to rank.
     best_lanes = _top_k_rounds(lane_keys, k, BLOCK_K, NO_ROW)
     if SEGMENT_TILES == 1:
         best_rows = best_lanes  # a lane is one row
@@ -417,6 +417,7 @@ TARGET_PROGRAMS = 320
 MAX_TILES_PER_CHUNK = 64
 MAX_CHUNKS = 16
 SEGMENT_TILES = 16
+MAX_COMPACT_ROWS = ROW_FLIP.value  # int32 row keys hold a row's number in its chunk below this
 
 
 @dataclass(frozen=True)
@@ -519,7 +520,7 @@ def topk_expand_triton(
         BLOCK_N=triton.next_power_of_2(plan.num_chunks * k),
         BLOCK_F=triton.next_power_of_2(frontier),
         BLOCK_K=triton.next_power_of_2(k),
-        COMPACT_ROW_KEYS=logits.element_size() == 2 and plan.tiles_per_chunk * plan.rows_per_tile <= ROW_FLIP.value,
+        COMPACT_ROW_KEYS=logits.element_size() == 2 and plan.tiles_per_chunk * plan.rows_per_tile <= MAX_COMPACT_ROWS,
         num_warps=NUM_WARPS,
     )
     return out

@@ -155,7 +155,8 @@ def assert_matches(got: tuple, want: tuple, args: tuple) -> None:
 
 # The plan as shipped (on these vocabularies one tile per row), and tiles of 16 logits in rows of 8 bytes: all in
 # one chunk of many tiles, in chunks of two tiles, in segments of two tiles and in rows of one logit, so that the
-# lane, row and logit rankings pick among many lanes, segments, tiles and chunks.
+# lane, row and logit rankings pick among many lanes, segments, tiles and chunks; and one chunk of many tiles whose
+# 16-bit logits' lanes and rows rank int64 keys, as they do when a chunk has too many rows for int32 ones.
 SMALL_TILES = {"ROW_BYTES": 8, "MAX_TILE": 16, "TARGET_PROGRAMS": 1}
 PLANS = {
     "shipped plan": {"MAX_TILE": lowering.MAX_TILE},
@@ -163,6 +164,7 @@ PLANS = {
     "chunks of two tiles": {**SMALL_TILES, "MAX_TILES_PER_CHUNK": 2},
     "segments of two tiles": {**SMALL_TILES, "MAX_TILES_PER_CHUNK": 64, "SEGMENT_TILES": 2},
     "rows of one logit": {**SMALL_TILES, "MAX_TILES_PER_CHUNK": 64, "ROW_BYTES": 1},
+    "int64 row keys for 16-bit logits": {**SMALL_TILES, "MAX_TILES_PER_CHUNK": 64, "MAX_COMPACT_ROWS": 0},
 }
 
 
