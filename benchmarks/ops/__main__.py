@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def run(ops: list[str], out: Path) -> list[dict]:
                     "p20_ms": round(p20, 4),
                     "p80_ms": round(p80, 4),
                     "graph_ms": round(graph_median, 4),
-                    "floor_ms": round(floor_ms, 4),
+                    "floor_ms": round(floor_ms, 6),
                     "x_floor": round(graph_median / floor_ms, 2),
                     "read_gbps": round(bandwidth),
                 } | stamped
@@ -58,26 +59,37 @@ def run(ops: list[str], out: Path) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line per case: every method's median per call and in a graph, triton's speedup, the floor."""
+    """One line per case: every method's median per call and in a graph, triton's speedups, the floor.
+
+    A speedup in a graph is "n/a" where the reference cannot be captured (its graph time is NaN).
+    """
     cases: dict[tuple[str, str], dict[str, dict]] = {}
     for row in rows:
         cases.setdefault((row["op"], row["case"]), {})[row["method"]] = row
     methods = sorted({row["method"] for row in rows}, key=lambda m: (m != "reference", m != "triton", m))
-    header = ["op", "case", *[f"{m} ms call / graph" for m in methods], "triton speedup (graph)", "floor ms"]
+    header = ["op", "case", *[f"{m} ms call / graph" for m in methods], "triton speedup, call / graph", "floor ms"]
     header.append("triton graph / floor")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (op, label), by_method in cases.items():
         triton, reference = by_method.get("triton"), by_method.get("reference")
-        speedup = f"{reference['graph_ms'] / triton['graph_ms']:.1f}x" if triton and reference else ""
+        speedup = ""
+        if triton and reference:
+            speedup = f"{_ratio(reference['median_ms'], triton['median_ms'])} / "
+            speedup += _ratio(reference["graph_ms"], triton["graph_ms"])
         any_row = next(iter(by_method.values()))
         cells = [op, label]
         cells += [
             f"{by_method[m]['median_ms']:.4f} / {by_method[m]['graph_ms']:.4f}" if m in by_method else ""
             for m in methods
         ]
-        cells += [speedup, f"{any_row['floor_ms']:.4f}", f"{triton['x_floor']:.2f}x" if triton else ""]
+        cells += [speedup, f"{any_row['floor_ms']:.4g}", f"{triton['x_floor']:.2f}x" if triton else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(baseline_ms: float, ms: float) -> str:
+    ratio = baseline_ms / ms
+    return f"{ratio:.1f}x" if math.isfinite(ratio) else "n/a"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,3 +30,14 @@ def test_rows_reach_the_files_as_each_case_finishes(tmp_path, monkeypatch):
         rows = list(csv.DictReader(f))
     assert [(r["case"], r["method"]) for r in rows] == [("first", "reference"), ("first", "triton")]
     assert "| fake | first |" in (tmp_path / "ops.md").read_text()
+
+
+def test_table_gives_call_and_graph_speedups_and_na_for_an_uncapturable_reference():
+    def row(method: str, median_ms: float, graph_ms: float) -> dict:
+        return {"op": "fake", "case": "c", "method": method, "median_ms": median_ms, "graph_ms": graph_ms,
+                "floor_ms": 0.00021, "x_floor": round(graph_ms / 0.00021, 2)}  # fmt: skip
+
+    table = ops_main.markdown_table([row("reference", 2.0, float("nan")), row("triton", 0.5, 0.01)])
+    assert "| 4.0x / n/a | 0.00021 | 47.62x |" in table
+    table = ops_main.markdown_table([row("reference", 2.0, 0.3), row("triton", 0.5, 0.1)])
+    assert "| 4.0x / 3.0x |" in table
