@@ -43,6 +43,7 @@ _SHARED_MEMORY_BUDGET = 208 * 1024
 _WIDE_MIN_SPLIT_KEYS = 512
 _MIN_SPLIT_KEYS = 128
 _COMBINE_ROWS = 16
+_COMBINE_SPLITS_IN_FLIGHT = 8
 # The Triton interpreter does not do bfloat16 arithmetic as the GPU does (triton-lang/triton#11584: "we just don't
 # support it yet"): tl.dot multiplies the bit patterns and float32 -> bfloat16 casts truncate. Under it, bfloat16
 # kernels emulate the GPU: dot operands are widened to the float32 values they hold (exact) and downcasts round
@@ -271,6 +272,7 @@ def tree_attention_kernel_combine(
     capacity,
     HEAD_DIM: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
+    SPLITS_IN_FLIGHT: tl.constexpr,
     MIN_SPLIT_KEYS: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -289,24 +291,27 @@ def tree_attention_kernel_combine(
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     row_max = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
-    partial_rows = rows
-    for split in range(NUM_SPLITS):
-        present = row_ok & (split < used_splits)
-        split_max = tl.load(partial_max_ptr + partial_rows, mask=present, other=float("-inf"))
-        split_sum = tl.load(partial_sum_ptr + partial_rows, mask=present, other=0.0)
-        split_acc = tl.load(
-            partial_acc_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :],
-            mask=present[:, None] & row_dim_mask,
-            other=0.0,
-        )
-        new_max = tl.maximum(row_max, split_max)
-        shift = _softmax_shift(new_max)
-        old_weight = tl.exp2(row_max - shift)
-        split_weight = tl.exp2(split_max - shift)
-        acc = acc * old_weight[:, None] + split_acc * split_weight[:, None]
-        row_sum = row_sum * old_weight + split_sum * split_weight
-        row_max = new_max
-        partial_rows += total_rows
+    # Splits are read SPLITS_IN_FLIGHT at a time, unrolled, so that their loads overlap instead of each waiting for
+    # the last; a plain loop over the splits made the combine 10-20% of the op at B = 1.
+    for first_split in range(0, NUM_SPLITS, SPLITS_IN_FLIGHT):
+        for offset in tl.static_range(SPLITS_IN_FLIGHT):
+            split = first_split + offset
+            present = row_ok & (split < used_splits)
+            partial_rows = split * total_rows + rows
+            split_max = tl.load(partial_max_ptr + partial_rows, mask=present, other=float("-inf"))
+            split_sum = tl.load(partial_sum_ptr + partial_rows, mask=present, other=0.0)
+            split_acc = tl.load(
+                partial_acc_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :],
+                mask=present[:, None] & row_dim_mask,
+                other=0.0,
+            )
+            new_max = tl.maximum(row_max, split_max)
+            shift = _softmax_shift(new_max)
+            old_weight = tl.exp2(row_max - shift)
+            split_weight = tl.exp2(split_max - shift)
+            acc = acc * old_weight[:, None] + split_acc * split_weight[:, None]
+            row_sum = row_sum * old_weight + split_sum * split_weight
+            row_max = new_max
 
     mask = row_dim_mask & (used_splits > 1)[:, None]
     _store_output(out_ptr, rows, dims, acc, row_sum, mask, HEAD_DIM, EMULATE_BF16)
@@ -378,6 +383,7 @@ def tree_attention_triton(
             capacity=capacity,
             HEAD_DIM=head_dim,
             NUM_SPLITS=config.num_splits,
+            SPLITS_IN_FLIGHT=min(config.num_splits, _COMBINE_SPLITS_IN_FLIGHT),
             MIN_SPLIT_KEYS=config.min_split_keys,
             EMULATE_BF16=emulate_bf16,
             BLOCK_N=config.block_n,

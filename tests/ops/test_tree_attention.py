@@ -146,8 +146,10 @@ def pinned(test):
 @contextlib.contextmanager
 def short_splits() -> Iterator[None]:
     """Split keys into slices of 16: the lowering's own minimum (512 keys, 128-key blocks) leaves the small shapes
-    here in one slice."""
-    with mock.patch.multiple(lowering, _MIN_SPLIT_KEYS=16, _WIDE_MIN_SPLIT_KEYS=16, _WIDE_MAX_BLOCK_N=16):
+    here in one slice. The combine reads the splits two at a time, so that it takes several groups, the last one
+    ragged, as the GPU's long sequences do."""
+    short = {"_MIN_SPLIT_KEYS": 16, "_WIDE_MIN_SPLIT_KEYS": 16, "_WIDE_MAX_BLOCK_N": 16, "_COMBINE_SPLITS_IN_FLIGHT": 2}
+    with mock.patch.multiple(lowering, **short):
         yield
 
 
