@@ -148,8 +148,9 @@ def short_splits() -> Iterator[None]:
     """Split keys into slices of 16: the lowering's own minimum (512 keys, 128-key blocks) leaves the small shapes
     here in one slice. The combine reads the splits two at a time, so that it takes several groups, the last one
     ragged, as the GPU's long sequences do."""
-    short = {"_MIN_SPLIT_KEYS": 16, "_WIDE_MIN_SPLIT_KEYS": 16, "_WIDE_MAX_BLOCK_N": 16, "_COMBINE_SPLITS_IN_FLIGHT": 2}
-    with mock.patch.multiple(lowering, **short):
+    with mock.patch.multiple(
+        lowering, _MIN_SPLIT_KEYS=16, _WIDE_MIN_SPLIT_KEYS=16, _WIDE_MAX_BLOCK_N=16, _COMBINE_MAX_SPLITS_IN_FLIGHT=2
+    ):
         yield
 
 
@@ -298,6 +299,15 @@ def test_non_finite_queries_spoil_only_their_own_rows():
     assert int((~want.isfinite()).sum()) == 2 * q.shape[-1]
     finite = want.isfinite()
     assert_close_rel("finite elements", got[finite], want[finite], TOLERANCE[q.dtype])
+
+
+@given(num_splits=st.integers(1, 2 * lowering._SM_COUNT_OFF_GPU))
+def test_combine_reads_splits_in_equal_groups_under_the_maximum(num_splits):
+    in_flight = lowering._splits_in_flight(num_splits)
+    groups = -(-num_splits // in_flight)
+    assert in_flight <= lowering._COMBINE_MAX_SPLITS_IN_FLIGHT
+    assert groups == -(-num_splits // lowering._COMBINE_MAX_SPLITS_IN_FLIGHT)  # no more groups than needed
+    assert (groups - 1) * in_flight < num_splits  # and none of them empty
 
 
 def test_kernels_compile_for_sm90(monkeypatch):
