@@ -23,15 +23,16 @@ e2e() {  # e2e DIR ARGS...: one e2e call with its own results folder (e2e.md and
   mkdir -p "$dir"
   timeout 570 python -m benchmarks.e2e --out "$dir" "$@" 2>&1 | tee "$dir/e2e.log"
 }
-tests() {  # tests [PATHS...]: one pytest process per test function (its parametrizations together), 12 at a time.
+tests() {  # tests [PATHS...]: one pytest process per test id (each parametrization apart), 12 at a time.
   # The CPU side of the large profile is the slow part (a kernel compiled for each new shape): a process per file once
-  # fitted, but topk_expand's file took over 9 minutes alone once its rankings became networks (seventh session).
+  # fitted, but topk_expand's file took over 9 minutes alone once its rankings became networks (seventh session), and
+  # its property test's six plans 8 minutes in one process (eighth).
   local paths=("${@:-tests/ops}") status=0
-  python -m pytest -q -p no:cacheprovider --collect-only "${paths[@]}" | sed -n '/::/{s/\[.*//;p;}' | sort -u > "$out/gpu_tests.txt"
-  xargs -P 12 -I{} sh -c 'timeout 540 python -m pytest -q -p no:cacheprovider "$1" > "$2/gpu_tests_$(echo "$1" | tr "/:." "___").log" 2>&1 ||
+  python -m pytest -q -p no:cacheprovider --collect-only "${paths[@]}" | grep '::' > "$out/gpu_tests.txt"
+  xargs -P 12 -I{} sh -c 'timeout 540 python -m pytest -q -p no:cacheprovider "$1" > "$2/gpu_tests_$(printf %s "$1" | tr -c "A-Za-z0-9_-" "_").log" 2>&1 ||
     echo "FAILED $1"' _ {} "$out" < "$out/gpu_tests.txt" | tee "$out/gpu_tests_failed.txt"
   [ -s "$out/gpu_tests_failed.txt" ] && status=1
-  echo "$(wc -l < "$out/gpu_tests.txt") test functions, $(wc -l < "$out/gpu_tests_failed.txt") failed or timed out"
+  echo "$(wc -l < "$out/gpu_tests.txt") test ids, $(wc -l < "$out/gpu_tests_failed.txt") failed or timed out"
   return $status
 }
 failed=
