@@ -292,7 +292,7 @@ def tree_attention_kernel_combine(
     row_max = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
     # Splits are read SPLITS_IN_FLIGHT at a time, unrolled, so that their loads overlap instead of each waiting for
-    # the last: a plain loop over them took 17.6 against 15.8 us for the whole op at B = 1, 2048 cached tokens.
+    # the last: a plain loop over them took 17.4 against 15.6 us for the whole op at B = 1, 2048 cached tokens (H200).
     for first_split in range(0, NUM_SPLITS, SPLITS_IN_FLIGHT):
         for offset in tl.static_range(SPLITS_IN_FLIGHT):
             split = first_split + offset
