@@ -68,6 +68,8 @@ def _case(tokens: torch.Tensor, parent: torch.Tensor, logits: torch.Tensor, max_
         candidates={
             "reference": lambda: posterior_greedy_reference(*args),
             "triton": lambda: posterior_greedy_triton(*args),
+            # One read of the same logits in the same run (a row max, torch's reduction): the floor measured.
+            "read": lambda: torch.amax(logits, -1),
         },
         check=check,
         # Reading the logits dominates; the trees and the outputs are a few KiB.

@@ -72,6 +72,8 @@ def _case(batch: int, vocab: int, with_d2t: bool, sizes: TopkExpandSizes, device
         candidates={
             "reference": lambda: topk_expand_reference(*args),
             "triton": lambda: topk_expand_triton(*args),
+            # One read of the same logits in the same run (a row max, torch's reduction): the floor measured.
+            "read": lambda: torch.amax(logits, -1),
         },
         check=check,
         # Read the logits and frontier scores once; write the level (f32 + i64) and the next frontier (f32 + 3 i64).
