@@ -68,8 +68,8 @@ def _case(tokens: torch.Tensor, parent: torch.Tensor, logits: torch.Tensor, max_
         candidates={
             "reference": lambda: posterior_greedy_reference(*args),
             "triton": lambda: posterior_greedy_triton(*args),
-            # For scale: torch's own reduction reading the same logits once (a row max). No floor: at Vd = 32000 it
-            # reads at half the bandwidth of the 1 GiB sum that sets the floor.
+            # For scale: torch's own reduction reading the same logits once (a row max); not the floor, which is the
+            # bytes over the bandwidth of a 1 GiB sum.
             "torch_amax": lambda: torch.amax(logits, -1),
         },
         check=check,

@@ -73,7 +73,7 @@ def _case(batch: int, vocab: int, with_d2t: bool, sizes: TopkExpandSizes, device
             "reference": lambda: topk_expand_reference(*args),
             "triton": lambda: topk_expand_triton(*args),
             # For scale: torch's own reduction reading the same logits once (a row max). No floor: at Vd = 32000 it
-            # reads at half the bandwidth of the 1 GiB sum that sets the floor.
+            # reads at about half the bandwidth of the 1 GiB sum that sets the floor.
             "torch_amax": lambda: torch.amax(logits, -1),
         },
         check=check,
